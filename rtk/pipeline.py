@@ -1,0 +1,149 @@
+"""The artifacts of one model and which stage makes each.
+
+    runs/resnet<depth>/checkpoint.pt           rtk train       (or the weights shipped in rtk/weights/)
+    runs/resnet<depth>/model.onnx              rtk export      rtk.export.export_onnx
+    runs/resnet<depth>/model.fp16.onnx         rtk quantize    rtk.quantize.convert_fp16
+    runs/resnet<depth>/model.int8.<target>.onnx rtk quantize   rtk.quantize.quantize_int8 (target: tensorrt | cpu)
+    runs/resnet<depth>/model.<precision>.plan  rtk build       rtk.build.build_engine (+ .plan.json sidecar)
+    runs/resnet<depth>/bench.{json,md,png}     rtk bench       rtk.bench
+
+Stages never import each other; the `ensure_*` functions here produce a missing input from the
+stage before it, saying what they do, so `rtk bench` can start from a checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtk.errors import RtkError
+from rtk.log import info
+
+Log = Callable[[str], None]
+INT8_TARGETS = ("tensorrt", "cpu")
+CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("RTK_RUNS_DIR", "runs"))
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where the artifacts of ResNet-<depth> live."""
+
+    depth: int
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "model.onnx"
+
+    @property
+    def fp16_onnx(self) -> Path:
+        return self.root / "model.fp16.onnx"
+
+    def int8_onnx(self, target: str) -> Path:
+        if target not in INT8_TARGETS:
+            raise RtkError(f"unknown INT8 target {target!r}; choose one of {', '.join(INT8_TARGETS)}")
+        return self.root / f"model.int8.{target}.onnx"
+
+    def onnx_for(self, precision: str) -> Path:
+        """The ONNX a TensorRT engine of `precision` is built from (strongly typed: precision lives in the ONNX)."""
+        return {"fp32": self.onnx, "fp16": self.fp16_onnx}.get(precision) or self.int8_onnx("tensorrt")
+
+    def engine(self, precision: str) -> Path:
+        return self.root / f"model.{precision}.plan"
+
+
+def run_paths(depth: int, runs_dir: str | os.PathLike[str] | None = None) -> RunPaths:
+    return RunPaths(depth, Path(runs_dir or default_runs_dir()) / f"resnet{depth}")
+
+
+def shipped_checkpoint(depth: int) -> Path | None:
+    path = WEIGHTS_DIR / f"resnet{depth}.pt"
+    return path if path.is_file() else None
+
+
+def ensure_checkpoint(paths: RunPaths, checkpoint: Path | None = None, log: Log = info) -> Path:
+    """An explicit checkpoint, else the run's own, else the weights shipped with rtk."""
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise RtkError(f"checkpoint not found: {checkpoint}")
+        return Path(checkpoint)
+    if paths.checkpoint.is_file():
+        return paths.checkpoint
+    shipped = shipped_checkpoint(paths.depth)
+    if shipped is not None:
+        log(f"using the ResNet-{paths.depth} weights shipped with rtk: {shipped}")
+        return shipped
+    raise RtkError(
+        f"no checkpoint for ResNet-{paths.depth} at {paths.checkpoint}: train one with "
+        f"`rtk train --depth {paths.depth}` or pass --checkpoint PATH"
+    )
+
+
+def ensure_onnx(paths: RunPaths, checkpoint: Path | None = None, data_dir: str | None = None,
+                log: Log = info) -> Path:
+    if paths.onnx.is_file():
+        return paths.onnx
+    ckpt = ensure_checkpoint(paths, checkpoint, log)
+    log(f"{paths.onnx} is missing: exporting it from {ckpt}")
+    from rtk import export
+
+    return export.export_onnx(ckpt, paths.onnx, depth=paths.depth, data_dir=data_dir, log=log)
+
+
+def ensure_fp16_onnx(paths: RunPaths, checkpoint: Path | None = None, data_dir: str | None = None,
+                     log: Log = info) -> Path:
+    if paths.fp16_onnx.is_file():
+        return paths.fp16_onnx
+    onnx_path = ensure_onnx(paths, checkpoint, data_dir, log)
+    log(f"{paths.fp16_onnx} is missing: converting {onnx_path} to FP16")
+    from rtk import quantize
+
+    return quantize.convert_fp16(onnx_path, paths.fp16_onnx, data_dir=data_dir, log=log)
+
+
+def ensure_int8_onnx(paths: RunPaths, target: str, method: str = "percentile",
+                     checkpoint: Path | None = None, data_dir: str | None = None,
+                     log: Log = info) -> Path:
+    out = paths.int8_onnx(target)
+    if out.is_file():
+        return out
+    onnx_path = ensure_onnx(paths, checkpoint, data_dir, log)
+    log(f"{out} is missing: calibrating INT8 ({target} flavour, {method}) from {onnx_path}")
+    from rtk import quantize
+
+    return quantize.quantize_int8(onnx_path, out, target=target, method=method,
+                                  data_dir=data_dir, log=log)
+
+
+def ensure_onnx_for(paths: RunPaths, precision: str, checkpoint: Path | None = None,
+                    data_dir: str | None = None, log: Log = info) -> Path:
+    if precision == "fp32":
+        return ensure_onnx(paths, checkpoint, data_dir, log)
+    if precision == "fp16":
+        return ensure_fp16_onnx(paths, checkpoint, data_dir, log)
+    if precision == "int8":
+        return ensure_int8_onnx(paths, "tensorrt", checkpoint=checkpoint, data_dir=data_dir, log=log)
+    raise RtkError(f"no ONNX flavour for precision {precision!r}")
+
+
+def ensure_engine(paths: RunPaths, precision: str, checkpoint: Path | None = None,
+                  data_dir: str | None = None, log: Log = info) -> Path:
+    out = paths.engine(precision)
+    if out.is_file():
+        return out
+    onnx_path = ensure_onnx_for(paths, precision, checkpoint, data_dir, log)
+    log(f"{out} is missing: building a {precision} TensorRT engine from {onnx_path}")
+    from rtk import build
+
+    return build.build_engine(onnx_path, out, precision=precision, log=log)

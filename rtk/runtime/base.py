@@ -1,0 +1,70 @@
+"""The one interface every backend runner implements (Polygraphy style).
+
+A runner holds resources (a session, a compiled model, an engine and its context) and runs
+inference; it never builds artifacts. Feed and result are dicts of name -> numpy array:
+
+    with OnnxRuntimeRunner("model.onnx") as runner:          # activate() on enter
+        logits = runner.infer({"input": x})["logits"]       # x: float32 [N, 3, 32, 32]
+
+Preprocessing (uint8 images -> normalized NCHW) is not a runner's job: rtk.runtime.Model wraps a
+runner and applies the normalization from the artifact's metadata.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+INPUT_NAME = "input"  # float32 [N, 3, 32, 32], normalized
+OUTPUT_NAME = "logits"  # float32 [N, 10]
+
+
+class Runner(ABC):
+    backend: str = ""  # "torch", "onnxruntime", "openvino", "tensorrt"
+
+    def __init__(self, path: str, precision: str = "fp32"):
+        self.path = str(path)
+        self.precision = precision
+        self.is_active = False
+
+    @property
+    def name(self) -> str:
+        """How reports name this runner, e.g. 'onnxruntime int8'."""
+        return f"{self.backend} {self.precision}"
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch one infer() call accepts (a TensorRT profile's max); None: no limit."""
+        return None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The artifact's rtk metadata: depth, normalization, classes, ... (decoded JSON values)."""
+        return {}
+
+    def activate(self) -> None:
+        self._activate()
+        self.is_active = True
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None:
+        return None
+
+    @abstractmethod
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
