@@ -1,0 +1,90 @@
+"""`rtk train`: the paper's recipe by default; `--recipe fast` for a GPU; DDP through torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rtk.cli import main
+from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+
+
+@main.command(context_settings={"show_default": True})
+@depth_option()
+@click.option("--recipe", type=click.Choice(["paper", "fast"]), default="paper",
+              help="paper: He et al. (SGD 0.1, batch 128, /10 at 32k and 48k, 64k iterations). "
+                   "fast: batch 512, bf16, one-cycle peak lr 0.4, Nesterov, wd 5e-4, 150 epochs (for GPUs). "
+                   "Options below override the recipe.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Length in epochs of the training split [recipe].")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Length in optimizer steps (wins over --epochs) [paper: 64000].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch [recipe].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Base (peak, for onecycle) learning rate [recipe].")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=None, help="[0.9]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[recipe]")
+@click.option("--nesterov/--no-nesterov", default=None, help="[recipe]")
+@click.option("--schedule", type=click.Choice(["paper", "cosine", "onecycle"]), default=None,
+              help="paper: lr/10 at 50% and 75% of the run (32k/48k of 64k) [recipe].")
+@click.option("--seed", type=int, default=0, help="Weights, batch order and augmentation.")
+@click.option("--split-seed", type=int, default=0, help="The 45k/5k train/validation split.")
+@click.option("--val-size", type=click.IntRange(min=0), default=5000,
+              help="Validation images held out of the 50k; 0 trains on all 50k.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU [recipe].")
+@click.option("--compile", "compile_mode", default="off",
+              type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+              help="torch.compile the model for training steps (CUDA: reduce-overhead adds CUDA graphs; "
+                   "faster steps, costs a minute of compile time).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder [RUNS_DIR/resnet<depth>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out-dir from its checkpoint.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1,
+              help="Processes for DistributedDataParallel (re-runs this command under torchrun); "
+                   "one per GPU, or gloo processes on the CPU.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to stderr).")
+@data_dir_option
+@runs_dir_option
+def train(depth: int, recipe: str, nproc: int, resume: bool, no_progress: bool, runs_dir: str,
+          out_dir: str | None, compile_mode: str, **options: Any) -> None:
+    """Train ResNet-DEPTH on CIFAR-10; writes checkpoint.pt, metrics.jsonl and curves.png.
+
+    The final model is reported: validation accuracy every epoch, test accuracy once at the end
+    (the test set never selects a model). Ctrl-C saves a checkpoint; --resume continues it.
+    """
+    if nproc > 1 and "RANK" not in os.environ:
+        _relaunch_under_torchrun(nproc)
+        return
+    from rtk import train as train_stage
+
+    settings = train_stage.recipe_defaults(recipe)
+    settings.update({k: v for k, v in options.items() if v is not None})
+    cfg = train_stage.TrainConfig(
+        depth=depth, recipe=recipe, compile=compile_mode,
+        out_dir=out_dir or str(Path(runs_dir) / f"resnet{depth}"), **settings)
+    path = train_stage.train(cfg, resume=resume, show_progress=not no_progress)
+    if int(os.environ.get("RANK", 0)) == 0:
+        click.echo(str(path))
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """`rtk train --nproc N ...` == `torchrun --nproc_per_node=N -m rtk train ...`."""
+    args: list[str] = []
+    skip_value = False
+    for arg in sys.argv[1:]:
+        if skip_value:
+            skip_value = False
+        elif arg == "--nproc":
+            skip_value = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "rtk", *args]
+    sys.exit(subprocess.call(cmd))
