@@ -7,6 +7,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import re
 from types import ModuleType
 
 
@@ -35,13 +36,29 @@ _EXTRA_FOR = {
 }
 
 
-def require(module: str, extra: str | None = None) -> ModuleType:
-    """Import `module` or raise MissingDependency naming the install command."""
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(1, 20, 1) from "1.20.1", "1.20.1rc2" or "1.20.1+cu124"."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group().split(".")) if match else ()
+
+
+def require(module: str, extra: str | None = None, min_version: str | None = None) -> ModuleType:
+    """Import `module` or raise MissingDependency naming the install command.
+
+    With `min_version`, an older installed version (its `__version__`) is refused the same way.
+    """
+    top = module.split(".")[0]
+    extra = extra or _EXTRA_FOR.get(top, "cpu")
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
-        extra = extra or _EXTRA_FOR.get(top, "cpu")
         raise MissingDependency(
             f"{top} is not installed ({exc}); install it with: pip install 'rtk[{extra}]'"
         ) from exc
+    found = getattr(mod, "__version__", "0")
+    if min_version is not None and _version_tuple(found) < _version_tuple(min_version):
+        raise MissingDependency(
+            f"{top} {found} is too old: rtk needs {top}>={min_version}; "
+            f"upgrade it with: pip install -U 'rtk[{extra}]'"
+        )
+    return mod

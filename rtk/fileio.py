@@ -34,7 +34,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:  # e.g. `path` is an existing directory
+            raise RtkError(f"cannot write {target}: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
