@@ -1,0 +1,89 @@
+"""Fixtures shared by the test files: the real CIFAR-10 and a tiny fake one in the same format.
+
+    cifar_dir       the real data set from RTK_DATA_DIR (skips only when the variable is unset)
+    cifar10         rtk.data.load_cifar10(cifar_dir), loaded once per session
+    fake_cifar_dir  a cifar-10-batches-py folder of FAKE_IMAGES_PER_BATCH images per batch, with
+                    rtk.data.IMAGES_PER_BATCH set to match for the test (this process only)
+    write_fake_cifar(root, ...) / write_batch(path, ...) / dump_py2(obj, path) write such files
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtk import data
+
+FAKE_IMAGES_PER_BATCH = 20  # a multiple of 10, so every class appears equally often
+
+
+class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table can be extended
+    """Writes bytes as Python 2 `str` opcodes (SHORT_BINSTRING / BINSTRING), as the official
+    CIFAR-10 files do; Python 3's protocol 2 would call _codecs.encode, which the loader refuses."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def dump_py2(obj: object, path: Path) -> Path:
+    """Pickle `obj` to `path` the way the official batches are written (protocol 2, py2 strings)."""
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(obj)
+    return path
+
+
+def write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """One batch file in the official format: images uint8 [N, 32, 32, 3] NHWC, labels [N]."""
+    planar = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))  # [N, 3072]
+    batch = {
+        b"batch_label": f"fake {path.name}".encode(),
+        b"labels": [int(label) for label in labels],
+        b"data": planar,
+        b"filenames": [f"{path.name}_{i:04d}.png".encode() for i in range(len(images))],
+    }
+    return dump_py2(batch, path)
+
+
+def write_fake_cifar(root: Path, images_per_batch: int = FAKE_IMAGES_PER_BATCH, seed: int = 0) -> Path:
+    """root/cifar-10-batches-py with random images and class-balanced labels; returns the folder."""
+    folder = Path(root) / data.FOLDER_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in (*data.TRAIN_BATCHES, data.TEST_BATCH):
+        images = rng.integers(0, 256, (images_per_batch, 32, 32, 3), dtype=np.uint8)
+        labels = rng.permutation(np.arange(images_per_batch) % data.NUM_CLASSES)
+        write_batch(folder / name, images, labels)
+    dump_py2({b"label_names": [c.encode() for c in data.CLASSES]}, folder / data.META_FILE)
+    return folder
+
+
+@pytest.fixture
+def fake_cifar_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(data, "IMAGES_PER_BATCH", FAKE_IMAGES_PER_BATCH)
+    return write_fake_cifar(tmp_path / "fake")
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    value = os.environ.get("RTK_DATA_DIR")
+    if not value:
+        pytest.skip("RTK_DATA_DIR not set")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def cifar10(cifar_dir: Path) -> data.Cifar10:
+    return data.load_cifar10(cifar_dir)
