@@ -1,0 +1,165 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rtk import checkpoint, data
+from rtk import train as train_stage
+from rtk.cli import main
+from rtk.errors import RtkError
+
+
+@pytest.fixture
+def tiny_cifar(monkeypatch, tmp_path):
+    """A 600/100-image stand-in for CIFAR-10 with learnable labels (class = brightest channel
+    band), patched into rtk.data.load_cifar10 so training tests take seconds."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 120, (n, 32, 32, 3), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            images[i, :, label * 3:label * 3 + 3, :] = 250
+        return images, labels.astype(np.int64)
+
+    train_images, train_labels = make(600)
+    test_images, test_labels = make(100)
+    fake = data.Cifar10(train_images, train_labels, test_images, test_labels, tmp_path)
+    monkeypatch.setattr(data, "load_cifar10", lambda data_dir=None: fake)
+    return fake
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(depth=8, batch_size=32, lr=0.05, val_size=100, iterations=24, out_dir=str(tmp_path / "run"),
+                device="cpu")
+    base.update(kw)
+    return train_stage.TrainConfig(**base)
+
+
+def test_lr_schedules():
+    cfg = train_stage.TrainConfig(depth=20)
+    assert [train_stage.lr_at(s, 64_000, cfg) for s in (0, 31_999, 32_000, 48_000)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.001])
+    deep = train_stage.TrainConfig(depth=110)
+    assert train_stage.lr_at(399, 64_000, deep) == 0.01 and train_stage.lr_at(400, 64_000, deep) == 0.1
+    cosine = train_stage.TrainConfig(schedule="cosine", lr=0.2)
+    assert train_stage.lr_at(0, 100, cosine) == pytest.approx(0.2)
+    assert train_stage.lr_at(50, 100, cosine) == pytest.approx(0.1)
+    one = train_stage.TrainConfig(schedule="onecycle", lr=0.4)
+    lrs = [train_stage.lr_at(s, 100, one) for s in range(100)]
+    assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 20 and lrs[-1] < 0.01
+
+
+def test_run_writes_a_self_describing_checkpoint_log_and_plot(tiny_cifar, tmp_path):
+    path = train_stage.train(_cfg(tmp_path), show_progress=False)
+    model, ckpt = checkpoint.load(path)
+    assert model.depth == 8
+    assert ckpt["split"] == {"seed": 0, "val_size": 100}
+    assert ckpt["recipe"]["batch_size"] == 32 and ckpt["recipe"]["schedule"] == "paper"
+    metrics = ckpt["metrics"]
+    assert metrics["step"] == 24 and 0 <= metrics["test_acc"] <= 100 and 0 <= metrics["val_acc"] <= 100
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if not r.get("final")] == [15, 24]  # 500 images / 32 = 15 steps per epoch
+    assert records[-1]["final"] and records[-1]["test_acc"] == metrics["test_acc"]
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_split_never_feeds_validation_images_to_training(tiny_cifar, tmp_path):
+    trainer = train_stage.Trainer(_cfg(tmp_path))
+    trainer.load_data()
+    train_idx, val_idx = data.split_indices(600, 100, 0)
+    assert torch.equal(trainer.val_x, torch.from_numpy(tiny_cifar.train_images[val_idx]).permute(0, 3, 1, 2))
+    assert len(trainer.train_y) == 500
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cifar, tmp_path, monkeypatch):
+    whole = checkpoint.read(train_stage.train(_cfg(tmp_path / "a"), show_progress=False))
+
+    real_augment, calls = data.augment, {"n": 0}
+
+    def interrupt_at_step_10(images, generator=None):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real_augment(images, generator)
+
+    monkeypatch.setattr(data, "augment", interrupt_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage.train(_cfg(tmp_path / "b"), show_progress=False)
+    saved = checkpoint.read(tmp_path / "b" / "run" / "checkpoint.pt")
+    assert saved["train_state"]["step"] == 10 and saved["metrics"]["interrupted"]
+
+    monkeypatch.setattr(data, "augment", real_augment)
+    resumed = checkpoint.read(train_stage.train(_cfg(tmp_path / "b"), resume=True, show_progress=False))
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert resumed["metrics"]["test_acc"] == whole["metrics"]["test_acc"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [15, 24, 24]  # the log was not duplicated by the resume (last line: final)
+
+
+def test_resume_errors(tiny_cifar, tmp_path):
+    with pytest.raises(RtkError, match="no checkpoint to resume"):
+        train_stage.train(_cfg(tmp_path), resume=True, show_progress=False)
+    train_stage.train(_cfg(tmp_path), show_progress=False)
+    with pytest.raises(RtkError, match="already finished"):
+        train_stage.train(_cfg(tmp_path), resume=True, show_progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present, so --device cuda is valid")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(RtkError, match="no CUDA device"):
+        train_stage.Trainer(_cfg(tmp_path, device="cuda"))
+
+
+def test_unknown_recipe_and_indivisible_batch(tmp_path):
+    with pytest.raises(RtkError, match="unknown recipe"):
+        train_stage.recipe_defaults("slow")
+    with pytest.raises(RtkError, match="must divide"):
+        train_stage.Trainer(_cfg(tmp_path, batch_size=33), train_stage.Dist(rank=0, world=2))
+
+
+def test_cli_train_help_and_recipe_override(tiny_cifar, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", "--help"]).exit_code == 0
+    result = runner.invoke(main, ["train", "--depth", "8", "--recipe", "fast", "--iterations", "3",
+                                  "--batch-size", "50", "--precision", "fp32", "--val-size", "100",
+                                  "--out-dir", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    ckpt = checkpoint.read(tmp_path / "r" / "checkpoint.pt")
+    # fast recipe's lr/schedule/weight decay, with the batch size and length overridden
+    assert ckpt["recipe"]["schedule"] == "onecycle" and ckpt["recipe"]["weight_decay"] == 5e-4
+    assert ckpt["recipe"]["batch_size"] == 50 and ckpt["metrics"]["step"] == 3
+
+
+def test_real_data_training_loss_falls(cifar_dir, tmp_path):
+    torch.manual_seed(0)
+    trainer = train_stage.Trainer(_cfg(tmp_path, batch_size=64, data_dir=str(cifar_dir)))
+    trainer.load_data()
+    losses = []
+    for step in range(40):
+        idx = trainer.batch_indices(step)
+        loss_sum, _ = trainer.train_step(trainer.train_x[idx], trainer.train_y[idx], 0.05,
+                                         train_stage._seeded(0, step))
+        losses.append(loss_sum.item() / len(idx))
+    assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.1, losses
+
+
+def test_two_process_gloo_ddp_run(cifar_dir, tmp_path):
+    """torchrun with 2 CPU processes: finishes, replicas stay identical, checkpoint loads."""
+    env = {**os.environ, "RTK_DATA_DIR": str(cifar_dir), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rtk", "train", "--nproc", "2", "--device", "cpu", "--depth", "8",
+           "--iterations", "4", "--batch-size", "32", "--out-dir", str(tmp_path / "ddp"), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == [str(tmp_path / "ddp" / "checkpoint.pt")]  # rank 0 alone prints
+    model, ckpt = checkpoint.load(Path(tmp_path / "ddp" / "checkpoint.pt"))
+    sums = ckpt["metrics"]["param_checksums"]
+    assert ckpt["metrics"]["processes"] == 2 and len(sums) == 2 and sums[0] == sums[1]
+    assert not list((tmp_path / "ddp").glob(".*.tmp"))
