@@ -14,6 +14,7 @@ stages that only read images (quantize, bench) do not pay for it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import os
@@ -125,7 +126,9 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
         given, origin = default_cache_dir(), "the default cache"
     else:
         given, origin = Path(data_dir).expanduser(), "--data-dir / RTK_DATA_DIR"
-    if given.is_file() and tarfile.is_tarfile(given):
+    if given.is_file():
+        if not tarfile.is_tarfile(given):
+            raise RtkError(f"{given} is a file but not a tar archive; {DATA_HINT}")
         return _extract_cached(given)
     for candidate in (given, given / FOLDER_NAME):
         if candidate.is_dir() and _is_batches_folder(candidate):
@@ -153,13 +156,14 @@ def _extract(archive: Path, folder: Path) -> Path:
     filter (no absolute paths, no "..", no links out of the target), into a temporary folder that
     is renamed onto `folder` once complete.
     """
-    wanted = [f"{FOLDER_NAME}/{name}" for name in (*TRAIN_BATCHES, TEST_BATCH, META_FILE)]
+    required = [f"{FOLDER_NAME}/{name}" for name in (*TRAIN_BATCHES, TEST_BATCH)]
+    wanted = [*required, f"{FOLDER_NAME}/{META_FILE}"]
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".rtk-extract-", dir=folder.parent) as tmp:
             with tarfile.open(archive, "r:*") as tar:
                 members = {m.name: m for m in tar.getmembers() if m.isfile() and m.name in wanted}
-                missing = [name for name in wanted[:-1] if name not in members]
+                missing = [name for name in required if name not in members]
                 if missing:
                     raise RtkError(f"{archive} is not the CIFAR-10 python archive: it has no regular "
                                    f"file {', '.join(missing)}")
@@ -196,7 +200,11 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in batch or "labels" not in batch:
         raise RtkError(f"{path} is not a CIFAR-10 batch: it has no 'data' and 'labels' entries")
-    data, labels = batch["data"], np.asarray(batch["labels"])
+    data = batch["data"]
+    try:
+        labels = np.asarray(batch["labels"])
+    except (ValueError, TypeError) as exc:  # ragged or otherwise not an array of numbers
+        raise RtkError(f"{path}: 'labels' is not a list of integers ({exc})") from exc
     expected = (IMAGES_PER_BATCH, PIXELS)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != expected:
         described = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
@@ -411,11 +419,21 @@ def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> t
     return out.gather(3, cols[:, None, None, :].expand(n, channels, height, width))
 
 
+@functools.cache
+def _normalization_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(mean, std) float32 [1, 3, 1, 1] on `device` and the pixel scale; made once per device so a
+    training step copies nothing from the host (which would also break CUDA graph capture)."""
+    import torch
+
+    mean, std, scale = normalization_from_metadata(normalization_metadata())
+    return torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), scale
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, 32, 32] -> float32 [N, 3, 32, 32]: (x / 255 - MEAN) / STD per channel, the same
     arithmetic as rtk.preprocess.normalize_uint8_nhwc, on the images' device."""
     import torch
 
-    mean, std, scale = normalization_from_metadata(normalization_metadata())  # [1, 3, 1, 1] each
+    mean, std, scale = _normalization_on(images.device)
     x = images.to(torch.float32)  # the one new tensor; the rest is in place
-    return x.mul_(scale).sub_(torch.from_numpy(mean).to(x.device)).div_(torch.from_numpy(std).to(x.device))
+    return x.mul_(scale).sub_(mean).div_(std)

@@ -83,6 +83,9 @@ def test_missing_data_says_where_it_looked_and_how_to_fix(tmp_path: Path,
     assert "rtk data download" in message and "RTK_DATA_DIR" in message
     with pytest.raises(RtkError, match="nowhere"):
         data.load_cifar10(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("not an archive")
+    with pytest.raises(RtkError, match="notes.txt is a file but not a tar archive"):
+        data.load_cifar10(tmp_path / "notes.txt")
 
 
 def test_missing_batch_is_named(fake_cifar_dir: Path) -> None:
@@ -193,6 +196,7 @@ def _truncate(path: Path) -> None:
     (lambda path: path.write_bytes(b""), "corrupt or truncated"),
     (lambda path: path.write_bytes(pickle.dumps([1, 2, 3], protocol=2)), "holds a list, not a dict"),
     (lambda path: path.write_bytes(pickle.dumps({"data": 1}, protocol=2)), "no 'data' and 'labels'"),
+    (lambda path: dump_py2({b"data": 1, b"labels": [[1], [2, 3]]}, path), "'labels' is not a list of integers"),
     (lambda path: write_batch(path, np.zeros((10, 32, 32, 3), np.uint8), np.zeros(10)),
      r"'data' is uint8 \(10, 3072\), expected uint8 \(20, 3072\)"),
     (lambda path: write_batch(path, np.zeros((20, 32, 32, 3), np.uint8), np.full(20, 10)),
