@@ -52,7 +52,7 @@ def _register() -> None:
     from rtk.cli import arch  # noqa: F401
     import importlib
 
-    for name in ("data", "train", "export", "quantize", "build", "bench", "deploy"):
+    for name in ("data", "train", "export", "quantize", "build", "bench", "deploy", "info"):
         try:
             importlib.import_module(f"rtk.cli.{name}")
         except ModuleNotFoundError as exc:
