@@ -87,3 +87,36 @@ def cifar_dir() -> Path:
 @pytest.fixture(scope="session")
 def cifar10(cifar_dir: Path) -> data.Cifar10:
     return data.load_cifar10(cifar_dir)
+
+
+def write_fake_engine(path: Path, *, precision: str = "fp32", profile: tuple[int, int, int] = (1, 64, 256),
+                      **overrides: object) -> dict:
+    """Random bytes at `path` and, at `path`.json, the sidecar `rtk build` writes (every key of the
+    common format), with a matching engine_sha256. It cannot run: for tests of the files only."""
+    import hashlib
+    import json
+
+    from rtk.preprocess import CLASSES, normalization_metadata
+
+    blob = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    Path(path).write_bytes(blob)
+    sidecar = {
+        "format": "rtk.engine/1",
+        "tensorrt_version": "10.13.0.35",
+        "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+        "precision": precision,
+        "depth": 20,
+        "inputs": [{"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32"}],
+        "outputs": [{"name": "logits", "shape": [-1, 10], "dtype": "float32"}],
+        "profile": dict(zip(("min", "opt", "max"), profile)),
+        "onnx_sha256": "0" * 64,
+        "engine_sha256": hashlib.sha256(blob).hexdigest(),
+        "normalization": normalization_metadata(),
+        "classes": list(CLASSES),
+        "tf32": True,
+        "builder_optimization_level": 3,
+        "layer_precisions": {precision: 21, "fp32": 1},
+        **overrides,
+    }
+    Path(f"{path}.json").write_text(json.dumps(sidecar, indent=2))
+    return sidecar
