@@ -13,12 +13,26 @@ runner and applies the normalization from the artifact's metadata.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 INPUT_NAME = "input"  # float32 [N, 3, 32, 32], normalized
 OUTPUT_NAME = "logits"  # float32 [N, 10]
+
+
+@dataclass(frozen=True)
+class DeviceWork:
+    """One batch's inference with input and output already on the GPU, for compute-only timing.
+
+    enqueue() queues the work on `stream` (a cudaStream_t as int) and returns without waiting;
+    rtk.bench brackets it with CUDA events on that stream.
+    """
+
+    enqueue: Callable[[], None]
+    stream: int
 
 
 class Runner(ABC):
@@ -35,8 +49,17 @@ class Runner(ABC):
         return f"{self.backend} {self.precision}"
 
     @property
+    def device(self) -> str:
+        """Where inference runs: "cpu" or "cuda"."""
+        return "cpu"
+
+    @property
     def max_batch(self) -> int | None:
         """Largest batch one infer() call accepts (a TensorRT profile's max); None: no limit."""
+        return None
+
+    def device_work(self, batch_size: int) -> DeviceWork | None:
+        """Compute-only work for a batch of `batch_size` on a CUDA device; None for CPU runners."""
         return None
 
     @property

@@ -1,0 +1,96 @@
+"""What apps embed: load an rtk artifact and classify images, the same way for every backend.
+
+    import rtk.runtime
+    model = rtk.runtime.load("runs/resnet20/model.int8.cpu.onnx")   # or .plan, or checkpoint.pt
+    pred = model.predict(images)        # uint8 [N, 32, 32, 3] RGB -> Prediction(classes, probs)
+
+Importing this package needs numpy only: torch is imported for .pt checkpoints alone, onnxruntime /
+OpenVINO for .onnx files, tensorrt and cuda-python for .plan engines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from rtk.errors import MissingDependency, RtkError
+from rtk.runtime.base import Runner
+from rtk.runtime.model import Model, Prediction
+
+__all__ = ["BACKENDS", "Model", "Prediction", "load", "make_runner", "onnx_backend"]
+
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
+BACKEND_FOR_SUFFIX = {".plan": "tensorrt", ".pt": "torch"}  # .onnx: onnxruntime or openvino
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def onnx_backend() -> str:
+    """The fastest installed backend for ONNX files on a CPU: OpenVINO, else onnxruntime.
+
+    OpenVINO ran ResNet-20 INT8 several times faster than onnxruntime on our CPUs (REFERENCE.md 3).
+    """
+    for backend in ("openvino", "onnxruntime"):
+        if installed(backend):
+            return backend
+    raise MissingDependency("running an ONNX file needs openvino or onnxruntime; install one with: "
+                            "pip install 'rtk[openvino]' or pip install 'rtk[cpu]'")
+
+
+def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: str | None = None,
+                threads: int | None = None, device: str = "cpu") -> Runner:
+    """The (inactive) runner for `path`: .plan -> TensorRT, .onnx -> OpenVINO/onnxruntime, .pt -> torch."""
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise RtkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if not path.is_file():
+        raise RtkError(f"model file not found: {path}")
+    natural = BACKEND_FOR_SUFFIX.get(path.suffix)
+    if path.suffix == ".onnx":
+        backend = onnx_backend() if backend == "auto" else backend
+        if backend not in ("onnxruntime", "openvino"):
+            raise RtkError(f"{path} is an ONNX file: run it with onnxruntime or openvino, not {backend}")
+    elif natural is None:
+        raise RtkError(f"{path}: unknown model file type (expected .plan, .onnx or .pt)")
+    elif backend not in ("auto", natural):
+        raise RtkError(f"{path} runs with {natural}, not {backend}")
+    else:
+        backend = natural
+
+    if backend == "tensorrt":
+        from rtk.runtime.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(str(path))
+    if backend == "torch":
+        from rtk.runtime.torch_runner import TorchRunner
+
+        return TorchRunner(str(path), device=device, precision=precision or "fp32", threads=threads)
+    if backend == "openvino":
+        from rtk.runtime.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(str(path), precision=precision, threads=threads)
+    from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(str(path), precision=precision, threads=threads)
+
+
+def load(path: str | os.PathLike[str], backend: str = "auto", precision: str | None = None,
+         threads: int | None = None, device: str = "cpu") -> Model:
+    """Load an rtk artifact for inference; see Model for predict() and the errors it raises.
+
+    backend: "auto" (the file's own: TensorRT for .plan, torch for .pt, the fastest installed of
+    OpenVINO / onnxruntime for .onnx), or one of "onnxruntime", "openvino", "tensorrt", "torch".
+    precision: for OpenVINO "fp32" (true f32) or "bf16" on an FP32 ONNX; for torch "fp32", "fp16",
+    "bf16"; elsewhere the file's own precision. threads: CPU threads (default: the backend's own).
+    device: "cpu" or "cuda", for torch checkpoints.
+    """
+    runner = make_runner(path, backend, precision, threads, device)
+    runner.activate()
+    try:
+        return Model(runner)
+    except BaseException:
+        runner.deactivate()
+        raise
