@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -42,6 +43,41 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; it becomes `path` only if the block succeeds.
+
+    An existing folder at `path` is renamed aside just before the swap and removed after it, so a
+    reader sees the old folder or the new one, never a mix; a failure keeps the old one and removes
+    the temporary folder.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise RtkError(f"cannot write the folder {target}: a file is in the way")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise RtkError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    old = tmp.with_suffix(".old")
+    try:
+        yield tmp
+        try:
+            if target.exists():
+                os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if old.exists():
+                    os.replace(old, target)
+                raise
+        except OSError as exc:
+            raise RtkError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -63,7 +99,7 @@ def git_revision() -> str | None:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("-dirty" if dirty else "")
