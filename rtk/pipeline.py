@@ -147,3 +147,16 @@ def ensure_engine(paths: RunPaths, precision: str, checkpoint: Path | None = Non
     from rtk import build
 
     return build.build_engine(onnx_path, out, precision=precision, log=log)
+
+
+def ensure_deploy_source(paths: RunPaths, precision: str, kind: str, checkpoint: Path | None = None,
+                         data_dir: str | None = None, log: Log = info) -> Path:
+    """What `rtk deploy` serves when no file is named: for a GPU the TensorRT engine of `precision`
+    if it has been built, else the ONNX of that precision (made if missing; for INT8 the flavour
+    that is fast on `kind`: tensorrt-style QDQ for a GPU, U8S8 for a CPU)."""
+    if kind == "gpu" and paths.engine(precision).is_file():
+        return paths.engine(precision)
+    if precision == "int8":
+        return ensure_int8_onnx(paths, "cpu" if kind == "cpu" else "tensorrt", checkpoint=checkpoint,
+                                data_dir=data_dir, log=log)
+    return ensure_onnx_for(paths, precision, checkpoint, data_dir, log)
