@@ -242,3 +242,65 @@ def test_find_tensorrt_reads_both_version_header_styles(tmp_path: Path, version_
     result = _run(["cmake", "-S", project, "-B", tmp_path / "build", f"-DTensorRT_ROOT={root}"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"found=TRUE version={version} include={root / 'include'}" in result.stdout
+
+
+FAKE_CLASSIFY = """#!{python}
+# Stands in for the C++ classify (same arguments, same --tsv output), using rtk.runtime on an ONNX.
+import os, sys
+import numpy as np
+import rtk.runtime
+engine, images_file = sys.argv[1], sys.argv[2]
+records = np.fromfile(images_file, dtype=np.uint8).reshape(-1, 3073)
+images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+probs = rtk.runtime.load(engine).predict(images).probs
+for i, row in enumerate(probs):
+    top = list(np.argsort(-row, kind="stable")[:5])
+    if os.environ.get("SWAP_TOP2") and i == 3:
+        top[0], top[1] = top[1], top[0]
+    print(f"{{images_file}}[{{i}}]\\t{{records[i, 0]}}\\t" + ",".join(map(str, top)) + "\\t"
+          + ",".join(f"{{row[c]:.6f}}" for c in top))
+"""
+
+
+def tiny_rtk_onnx(path: Path) -> Path:
+    """input [batch,3,32,32] -> mean over pixels -> 3x10 linear -> logits, with rtk metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rtk.onnx_meta import FORMAT, encode_metadata
+
+    weight = np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32) * 4
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "weight"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(weight, "weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in encode_metadata({"format": FORMAT, "depth": 20, "precision": "fp32",
+                                       "normalization": normalization_metadata(),
+                                       "classes": list(CLASSES)}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, path)
+    return path
+
+
+@pytest.mark.parametrize("swap, exit_code, verdict", [(False, 0, "AGREE"), (True, 1, "DISAGREE")])
+def test_gpu_check_comparison_of_top5(tmp_path: Path, cifar_dir: Path, swap: bool, exit_code: int,
+                                      verdict: str):
+    import os
+    import sys
+
+    fake = tmp_path / "classify"
+    fake.write_text(FAKE_CLASSIFY.format(python=sys.executable))
+    fake.chmod(0o755)
+    env = {**os.environ, "RTK_DATA_DIR": str(cifar_dir), **({"SWAP_TOP2": "1"} if swap else {})}
+    script = Path(__file__).resolve().parent.parent / "scripts" / "compare_cpp_top5.py"
+    result = _run([sys.executable, script, "--engine", tiny_rtk_onnx(tmp_path / "tiny.onnx"),
+                   "--classify", fake, "--num-images", 40], env=env)
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == verdict
+    assert "images=40" in result.stdout
