@@ -37,7 +37,6 @@ MODEL_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 LABELS_FILE = "labels.txt"
 MODEL_VERSION = "1"
-SIDECAR_FORMAT = "rtk.engine/1"
 # An ONNX file has no batch limit of its own: 256 is where onnxruntime's throughput on our 2-core
 # CPU has flattened (REFERENCE.md section 3 measures at 256) and a small share of a GPU's memory.
 DEFAULT_ONNX_MAX_BATCH = 256
@@ -112,25 +111,9 @@ def _read_onnx(path: Path) -> ServedModel:
         external_weights=bool(summary.external_initializers))
 
 
-def read_sidecar(engine: Path) -> dict[str, Any]:
-    """The `<engine>.json` sidecar `rtk build` writes, checked for format and for the engine's sha256."""
-    sidecar_path = engine.with_name(engine.name + ".json")
-    if not sidecar_path.is_file():
-        raise RtkError(f"{engine} has no sidecar {sidecar_path.name} beside it: rtk serves engines "
-                       f"that `rtk build` wrote, with their sidecar")
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RtkError(f"{sidecar_path} is not readable JSON: {exc}") from exc
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise RtkError(f"{sidecar_path} is not an rtk engine sidecar (format {SIDECAR_FORMAT!r} expected)")
-    if sha256_file(engine) != sidecar.get("engine_sha256"):
-        raise RtkError(f"{engine} does not match its sidecar's engine_sha256: the engine was replaced "
-                       f"or truncated after `rtk build`; rebuild it")
-    return sidecar
-
-
 def _read_engine(path: Path) -> ServedModel:
+    from rtk.engine_meta import read_sidecar
+
     sidecar = read_sidecar(path)
     try:
         (inp,), (out,) = sidecar["inputs"], sidecar["outputs"]

@@ -112,16 +112,9 @@ def describe_onnx(path: Path) -> list[Section]:
 
 def describe_engine(path: Path) -> list[Section]:
     """A TensorRT engine is opaque without TensorRT: `rtk build` writes what it is into <engine>.json."""
-    sidecar = path.with_name(path.name + ".json")
-    if not sidecar.is_file():
-        raise RtkError(f"{sidecar} is missing: rtk describes an engine from the sidecar `rtk build` "
-                       f"writes next to it; rebuild the engine with `rtk build`")
-    try:
-        info = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
-        raise RtkError(f"{sidecar} is not readable JSON: {exc}") from exc
-    if not isinstance(info, dict):
-        raise RtkError(f"{sidecar} is not an rtk engine sidecar (a JSON {type(info).__name__})")
+    from rtk.engine_meta import read_sidecar
+
+    info = read_sidecar(path, verify_engine=False)
     return [_key_values("engine", {"file": str(path), "size": f"{path.stat().st_size:,} bytes", **info})]
 
 

@@ -310,9 +310,9 @@ def _bad_source(case: str, exported_onnx: Path, tmp_path: Path) -> list[object]:
 @pytest.mark.parametrize("case, message", [
     ("missing source", "nothing to deploy at"),
     ("not a model file", "rtk deploys .onnx files or TensorRT engines"),
-    ("engine without sidecar", "has no sidecar model.fp32.plan.json beside it"),
+    ("engine without sidecar", "model.fp32.plan.json is missing"),
     ("engine replaced after build", "does not match its sidecar's engine_sha256"),
-    ("sidecar of another format", "is not an rtk engine sidecar"),
+    ("sidecar of another format", "is not an rtk engine sidecar (format 'something/2'"),
     ("sidecar without profile", "model.fp32.plan.json has no 'profile' field"),
     ("engine on cpu", "runs only on a GPU"),
     ("max batch above the profile", "the engine's optimization profile ends at 256"),
