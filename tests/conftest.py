@@ -123,3 +123,71 @@ def write_fake_engine(path: Path, *, precision: str = "fp32", profile: tuple[int
     }
     Path(f"{path}.json").write_text(json.dumps(sidecar, indent=2))
     return sidecar
+
+
+
+def make_readout_checkpoint(path: Path, cifar: data.Cifar10, num_images: int = 512, seed: int = 0) -> Path:
+    """A ResNet-20 checkpoint in seconds whose predictions vary like a trained model's (~25% top-1):
+    random convolutions, BN statistics measured on training images, and the FC layer fitted by least
+    squares to one-hot labels on the pooled features. For tests of runtimes and benchmarks only."""
+    import torch
+
+    from rtk.checkpoint import save
+    from rtk.model import ResNet
+    from rtk.preprocess import normalize_uint8_nhwc
+
+    torch.manual_seed(seed)
+    model = ResNet(20)
+    x = torch.from_numpy(normalize_uint8_nhwc(cifar.train_images[:num_images]))  # [N, 3, 32, 32]
+    labels = torch.from_numpy(cifar.train_labels[:num_images])
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.momentum = None  # running statistics: the plain average over the batch below
+    captured: list[torch.Tensor] = []
+    hook = model.fc.register_forward_hook(lambda mod, inputs, out: captured.append(inputs[0]))
+    with torch.no_grad():
+        model.train()
+        model(x[:256])
+        model.eval()
+        model(x)
+        features = torch.cat([captured[-1], torch.ones(len(x), 1)], dim=1)  # [N, 64 pooled + 1 for the bias]
+        readout = torch.linalg.lstsq(features, torch.nn.functional.one_hot(labels, 10).float()).solution
+        model.fc.weight.copy_(readout[:-1].T)
+        model.fc.bias.copy_(readout[-1])
+    hook.remove()
+    return save(path, model, split={"seed": seed, "val_size": 5000}, recipe={"readout_images": num_images},
+                metrics={"val_acc": None, "test_acc": None})
+
+
+@pytest.fixture(scope="session")
+def bench_runs_dir(tmp_path_factory: pytest.TempPathFactory, cifar10: data.Cifar10, cifar_dir: Path) -> Path:
+    """runs/ holding resnet20/checkpoint.pt (make_readout_checkpoint), model.onnx and
+    model.int8.cpu.onnx, made by the real export and quantize stages with test-sized options (16
+    validation images, 256 calibration images, no test-set verification)."""
+    from rtk import export, pipeline, quantize
+
+    root = tmp_path_factory.mktemp("bench-runs")
+    paths = pipeline.run_paths(20, root / "runs")
+    paths.root.mkdir(parents=True)
+    make_readout_checkpoint(paths.checkpoint, cifar10)
+    export.export_onnx(paths.checkpoint, paths.onnx, num_images=16, log=lambda message: None)
+    quantize.quantize_int8(paths.onnx, paths.int8_onnx("cpu"), target="cpu", data_dir=cifar_dir,
+                           num_images=256, verify=False, calib_dir=root / "calib", log=lambda message: None)
+    return root / "runs"
+
+
+@pytest.fixture(scope="session")
+def bench_run(bench_runs_dir: Path, cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One short `rtk bench --precision int8` on the CPU (backend auto), accuracy on the full test set:
+    {"result": click Result, "out": folder of the reports, "json": bench.json}."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rtk.cli import main
+
+    out = tmp_path_factory.mktemp("bench-out")
+    result = CliRunner().invoke(main, [
+        "bench", "--precision", "int8", "--runs-dir", str(bench_runs_dir), "--data-dir", str(cifar_dir),
+        "--batch-sizes", "1,8", "--warmup", "0", "--iterations", "3", "--threads", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return {"result": result, "out": out, "json": json.loads((out / "bench.json").read_text())}

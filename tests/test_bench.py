@@ -1,0 +1,207 @@
+"""rtk.bench: statistics against known inputs, timing loops, backend selection and its messages,
+and a short end-to-end `rtk bench` on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rtk import bench
+from rtk.cli import main
+from rtk.errors import MissingDependency, RtkError
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_latency_stats_of_known_latencies():
+    seconds = [i / 1e3 for i in range(100, 0, -1)]  # 100 ms .. 1 ms, unsorted on purpose
+    s = bench.latency_stats(seconds, batch_size=10)
+    assert s.iterations == 100
+    assert s.mean_ms == pytest.approx(50.5)
+    assert s.p50_ms == pytest.approx(50.5)
+    assert s.p90_ms == pytest.approx(90.1)  # linear interpolation between the 90th and 91st values
+    assert s.p99_ms == pytest.approx(99.01)
+    assert s.min_ms == pytest.approx(1.0)
+    assert s.throughput == pytest.approx(10 / 0.0505)
+
+
+def test_latency_stats_of_one_call_and_of_none():
+    s = bench.latency_stats([0.002], batch_size=256)
+    assert (s.mean_ms, s.p50_ms, s.p99_ms, s.min_ms) == pytest.approx((2.0, 2.0, 2.0, 2.0))
+    assert s.throughput == pytest.approx(128_000)
+    with pytest.raises(ValueError):
+        bench.latency_stats([], batch_size=1)
+
+
+def test_top1_accuracy_and_speedups():
+    assert bench.top1_accuracy(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == pytest.approx(75.0)
+    rows = [bench.Row("torch eager fp32", "torch", "fp32", "cpu", "c.pt", baseline=True,
+                      timings={"wall": [bench.latency_stats([0.1], 256)]}),
+            bench.Row("openvino int8", "openvino", "int8", "cpu", "m.onnx",
+                      timings={"wall": [bench.latency_stats([0.01], 256)]})]
+    bench._speedups(rows)
+    assert rows[0].speedup == {"wall": {"256": pytest.approx(1.0)}}
+    assert rows[1].speedup == {"wall": {"256": pytest.approx(10.0)}}
+
+
+# ---------------------------------------------------------------- timing loops
+
+
+def counting_call():
+    calls = []
+
+    def call() -> float:
+        calls.append(1)
+        return 0.001
+
+    return call, calls
+
+
+def test_fixed_iterations_exclude_the_warmup_call():
+    call, calls = counting_call()
+    latencies = bench._measure(call, bench.TimingPlan(warmup_s=0, duration_s=None, iterations=7))
+    assert len(latencies) == 7 and len(calls) == 8  # one warm-up call is always made
+
+
+def test_duration_mode_makes_at_least_the_minimum_calls():
+    call, _ = counting_call()
+    latencies = bench._measure(call, bench.TimingPlan(warmup_s=0, duration_s=1e-9))
+    assert len(latencies) == bench.MIN_ITERATIONS
+
+
+def test_timing_plan_needs_exactly_one_of_duration_and_iterations():
+    with pytest.raises(RtkError):
+        bench.TimingPlan(duration_s=1.0, iterations=3)
+    with pytest.raises(RtkError):
+        bench.TimingPlan(duration_s=None, iterations=None)
+
+
+# ---------------------------------------------------------------- backend selection
+
+
+def have(*modules: str):
+    return lambda module: module in modules
+
+
+def test_auto_on_a_cpu_picks_openvino_and_says_why():
+    choice = bench.choose_backend("auto", None, have("openvino", "onnxruntime"))
+    assert (choice.backend, choice.device) == ("openvino", "cpu")
+    assert "no CUDA device" in choice.reason and "fastest CPU backend" in choice.reason
+    assert "onnxruntime also measured" in choice.reason
+
+
+def test_auto_on_a_cpu_without_openvino_picks_onnxruntime():
+    choice = bench.choose_backend("auto", None, have("onnxruntime", "tensorrt"))
+    assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
+
+
+def test_auto_on_a_gpu():
+    choice = bench.choose_backend("auto", "NVIDIA H100", have("tensorrt", "onnxruntime"))
+    assert (choice.backend, choice.device) == ("tensorrt", "cuda") and "NVIDIA H100" in choice.reason
+    choice = bench.choose_backend("auto", "NVIDIA H100", have("onnxruntime"))
+    assert (choice.backend, choice.device) == ("torch", "cuda")
+    assert "TensorRT is not installed" in choice.reason
+
+
+@pytest.mark.parametrize("asked, gpu, modules, message", [
+    ("tensorrt", None, (), "TensorRT is not installed"),
+    ("tensorrt", "NVIDIA H100", (), "TensorRT is not installed"),
+    ("tensorrt", None, ("tensorrt",), "no CUDA device"),
+    ("openvino", None, ("onnxruntime",), "openvino is not installed"),
+    ("auto", None, (), "no CPU backend installed"),
+])
+def test_unavailable_backends_are_refused(asked, gpu, modules, message):
+    with pytest.raises(MissingDependency, match=message) as info:
+        bench.choose_backend(asked, gpu, have(*modules))
+    assert info.value.exit_code == 2
+
+
+def test_cli_tensorrt_without_tensorrt_exits_2_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "installed", lambda module: module != "tensorrt")
+    result = CliRunner().invoke(main, ["bench", "--backend", "tensorrt", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        ("error: --backend tensorrt: TensorRT is not installed; install it with: pip install 'rtk[gpu]' "
+        "(needs a CUDA GPU)")]
+    assert not list(tmp_path.iterdir())  # nothing made before the refusal
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--duration", "1", "--iterations", "3"], "not both"),
+    (["--batch-sizes", "1,a"], "comma-separated integers"),
+    (["--batch-sizes", "0,8"], "positive integers"),
+])
+def test_cli_refuses_bad_options(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--runs-dir", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_help():
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0
+    for option in ("--precision", "--backend", "--batch-sizes", "--warmup", "--duration", "--iterations",
+                   "--threads", "--out", "--accuracy / --no-accuracy"):
+        assert option in result.output
+    assert "--limit-images" not in result.output  # hidden testing aid
+
+
+def test_cli_without_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.pipeline, "shipped_checkpoint", lambda depth: None)
+    result = CliRunner().invoke(main, ["bench", "--backend", "onnxruntime", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "rtk train --depth 20" in result.stderr and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- end to end on the CPU
+
+
+def test_bench_int8_on_cpu_end_to_end(bench_run):
+    data, out = bench_run["json"], bench_run["out"]
+    names = [row["name"] for row in data["rows"]]
+    assert names == ["torch eager fp32", "onnxruntime fp32", "onnxruntime int8", "openvino int8"]
+    assert data["rows"][0]["baseline"] and data["device"] == "cpu" and data["threads"] == 2
+    assert data["backend_choice"]["backend"] == "openvino" and "no CUDA device" in data["backend_choice"]["reason"]
+    for row in data["rows"]:
+        stats = row["timings"]["wall"]
+        assert [s["batch_size"] for s in stats] == [1, 8]
+        assert all(s["iterations"] == 3 and 0 < s["min_ms"] <= s["p50_ms"] <= s["p99_ms"] for s in stats)
+        assert row["accuracy"]["images"] == 10_000
+    torch_row, ort_fp32, ort_int8, ov_int8 = data["rows"]
+    assert torch_row["accuracy"]["delta_vs_baseline"] == 0 and torch_row["accuracy"]["agreement_vs_baseline"] == 100
+    assert ort_fp32["accuracy"]["agreement_vs_baseline"] > 99.9  # the same network in FP32
+    assert ort_int8["accuracy"]["agreement_vs_baseline"] > 80 and ov_int8["accuracy"]["agreement_vs_baseline"] > 80
+    assert torch_row["accuracy"]["top1"] > 15  # the readout model is far above chance (10%)
+    env = data["environment"]
+    assert env["cpu"] and env["usable_cores"] >= 1 and env["packages"]["onnxruntime"] and env["git"]
+    assert isinstance(env["command"], str) and env["command"]
+    assert (out / "bench.md").is_file() and (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    stdout = bench_run["result"].stdout
+    assert "torch eager fp32 (baseline)" in stdout and "Accuracy" in stdout and str(out / "bench.json") in stdout
+
+
+def test_bench_all_precisions_without_accuracy(bench_runs_dir, cifar_dir, tmp_path):
+    result = CliRunner().invoke(main, [
+        "bench", "--precision", "all", "--runs-dir", str(bench_runs_dir), "--data-dir", str(cifar_dir),
+        "--batch-sizes", "2", "--warmup", "0", "--iterations", "2", "--no-accuracy", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["name"] for row in data["rows"]] == [
+        "torch eager fp32", "onnxruntime fp32", "openvino fp32", "openvino bf16", "torch eager bf16",
+        "onnxruntime int8", "openvino int8"]
+    assert all(row["accuracy"] is None for row in data["rows"])
+    assert any(note.startswith("fp16:") for note in data["notes"])
+
+
+def test_bench_accuracy_on_a_subset_with_limit_images(bench_runs_dir, cifar_dir, tmp_path):
+    result = CliRunner().invoke(main, [
+        "bench", "--precision", "fp32", "--backend", "onnxruntime", "--runs-dir", str(bench_runs_dir),
+        "--data-dir", str(cifar_dir), "--batch-sizes", "1", "--warmup", "0", "--iterations", "1",
+        "--limit-images", "200", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["name"] for row in data["rows"]] == ["torch eager fp32", "onnxruntime fp32"]
+    assert {row["accuracy"]["images"] for row in data["rows"]} == {200}
+    assert data["config"]["limit_images"] == 200

@@ -1,0 +1,166 @@
+"""rtk.report: targets against known figures, and the files' schema (JSON keys, Markdown tables, PNG)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rtk import bench, report
+
+
+def stats(batch_size: int, ms: float) -> bench.LatencyStats:
+    return bench.latency_stats([ms / 1e3] * 5, batch_size)
+
+
+def row(name: str, backend: str, precision: str, ms_by_batch: dict[int, float], *, device: str = "cpu",
+        top1: float | None = None, baseline: bool = False) -> bench.Row:
+    kinds = ["wall"] if device == "cpu" else ["compute", "end_to_end"]
+    return bench.Row(
+        name=name, backend=backend, precision=precision, device=device, artifact=f"{name}.file", baseline=baseline,
+        timings={kind: [stats(b, ms) for b, ms in ms_by_batch.items()] for kind in kinds},
+        accuracy=None if top1 is None else bench.Accuracy(top1=top1, images=10000))
+
+
+def result(rows: list[bench.Row], *, device: str = "cpu", depth: int = 20) -> dict:
+    base = rows[0]
+    for r in rows:
+        if r.accuracy and base.accuracy:
+            r.accuracy.delta_vs_baseline = r.accuracy.top1 - base.accuracy.top1
+            r.accuracy.agreement_vs_baseline = 99.0
+    bench._speedups(rows)
+    return bench.BenchResult(
+        format=bench.FORMAT, model={"depth": depth, "checkpoint": "ckpt.pt", "checkpoint_sha256": "ab" * 32,
+                                    "metrics": {}},
+        config={"precisions": ["int8"], "backend": "auto", "warmup_s": 1.0, "duration_s": 3.0, "iterations": None,
+                "min_iterations": bench.MIN_ITERATIONS, "accuracy": True, "limit_images": None,
+                "timing_input": "synthetic"},
+        backend_choice={"backend": "openvino", "device": device, "reason": "auto: test"},
+        device=device, threads=2, batch_sizes=[1, 256, 4096] if device == "cuda" else [1, 256],
+        timing_kinds={k: v for k, v in bench.TIMING_KINDS.items() if k in rows[0].timings},
+        rows=rows, notes=["fp16: skipped"],
+        environment={"cpu": "Test CPU", "cpu_cores": 2, "usable_cores": 2, "threads": 2, "gpu": None,
+                     "gpu_driver": None, "load_average_before": 0.1, "packages": {"torch": "2.13.0"},
+                     "rtk": "0.1.0", "git": "abc", "python": "3.11", "command": "rtk bench"},
+    ).to_dict()
+
+
+def cpu_result(openvino_ms: float = 10.0, int8_top1: float = 92.1) -> dict:
+    # batch 256 latencies (ms): torch 128 -> 2,000 img/s; ort fp32 64; ort int8 32; openvino int8 `openvino_ms`
+    return result([
+        row("torch eager fp32", "torch", "fp32", {1: 2.0, 256: 128.0}, top1=92.3, baseline=True),
+        row("onnxruntime fp32", "onnxruntime", "fp32", {1: 0.5, 256: 64.0}, top1=92.3),
+        row("onnxruntime int8", "onnxruntime", "int8", {1: 0.3, 256: 32.0}, top1=92.25),
+        row("openvino int8", "openvino", "int8", {1: 0.35, 256: openvino_ms}, top1=int8_top1),
+    ])
+
+
+def by_target(targets: list[dict]) -> dict[str, dict]:
+    return {t["target"]: t for t in targets}
+
+
+def test_cpu_targets_from_known_figures():
+    targets = by_target(report.evaluate_targets(cpu_result()))
+    fastest_vs_torch = targets["fastest INT8 CPU backend vs torch eager FP32"]
+    assert fastest_vs_torch["value"] == pytest.approx(12.8) and fastest_vs_torch["met"]
+    assert "openvino int8" in fastest_vs_torch["detail"]
+    assert targets["fastest INT8 CPU backend vs onnxruntime FP32"]["value"] == pytest.approx(6.4)
+    assert targets["onnxruntime INT8 vs torch eager FP32"]["value"] == pytest.approx(4.0)
+    assert targets["onnxruntime INT8 vs onnxruntime FP32"]["value"] == pytest.approx(2.0)
+    latency = targets["batch-1 p50 latency, fastest INT8 vs torch eager FP32"]
+    assert latency["value"] == pytest.approx(0.15) and latency["met"]  # onnxruntime int8: 0.3 / 2.0
+    assert targets["openvino int8 accuracy delta vs torch FP32"]["value"] == pytest.approx(-0.2)
+    assert all(t["met"] for t in targets.values())
+
+
+def test_missed_targets_are_reported_as_missed():
+    res = cpu_result(openvino_ms=20.0, int8_top1=91.9)  # 6.4x torch, 3.2x onnxruntime; -0.4 points
+    targets = by_target(report.evaluate_targets(res))
+    assert targets["fastest INT8 CPU backend vs torch eager FP32"]["met"] is False
+    assert targets["fastest INT8 CPU backend vs onnxruntime FP32"]["met"] is False
+    assert targets["openvino int8 accuracy delta vs torch FP32"]["met"] is False
+    md = report.markdown(report.with_targets(res))
+    assert md.count("MISSED") == 3
+
+
+def test_targets_only_where_rows_exist():
+    res = result([row("torch eager fp32", "torch", "fp32", {1: 2.0, 256: 128.0}, baseline=True),
+                  row("onnxruntime fp32", "onnxruntime", "fp32", {1: 0.5, 256: 64.0})])
+    assert report.evaluate_targets(res) == []
+
+
+def test_cuda_targets_use_compute_timings():
+    res = result([
+        row("torch eager fp32", "torch", "fp32", {1: 1.0, 4096: 16.0}, device="cuda", baseline=True),
+        row("torch compile fp16 channels_last", "torch", "fp16", {1: 0.25, 4096: 5.0}, device="cuda"),
+        row("tensorrt int8", "tensorrt", "int8", {1: 0.08, 4096: 2.0}, device="cuda"),
+    ], device="cuda")
+    targets = by_target(report.evaluate_targets(res))
+    assert targets["TensorRT INT8 vs torch.compile FP16"]["value"] == pytest.approx(2.5)
+    assert targets["TensorRT INT8 batch-1 p50 latency (compute)"]["met"]
+
+
+def test_write_reports_schema(tmp_path):
+    paths = report.write_reports(cpu_result(), tmp_path / "out")
+    assert sorted(p.name for p in paths.values()) == sorted(report.REPORT_FILES)
+
+    data = json.loads(paths["bench.json"].read_text())
+    assert {"format", "model", "config", "backend_choice", "device", "threads", "batch_sizes", "timing_kinds",
+            "rows", "notes", "environment", "targets"} <= set(data)
+    assert data["format"] == bench.FORMAT
+    first = data["rows"][0]
+    assert first["baseline"] and first["name"] == "torch eager fp32"
+    assert set(first["timings"]["wall"][0]) == {"batch_size", "iterations", "mean_ms", "p50_ms", "p90_ms",
+                                                 "p99_ms", "min_ms", "throughput"}
+    assert data["rows"][3]["speedup"]["wall"]["256"] == pytest.approx(12.8)
+    assert {"top1", "delta_vs_baseline", "agreement_vs_baseline"} <= set(first["accuracy"])
+
+    md = paths["bench.md"].read_text()
+    assert "| batch | row | mean ms | p50 ms | p90 ms | p99 ms | min ms | img/s | speed-up | calls |" in md
+    assert "| 256 | openvino int8 | 10.0 | 10.0 | 10.0 | 10.0 | 10.0 | 25,600 | 12.80x | 5 |" in md
+    assert "## Accuracy (10000 CIFAR-10 test images)" in md and "## Targets (issue 5)" in md
+    assert "- fp16: skipped" in md
+
+    assert paths["bench.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temporary files
+
+
+def test_terminal_tables_show_every_row_uncut(capsys):
+    from rich.console import Console
+
+    report.print_tables(report.with_targets(cpu_result()), Console(width=report.TABLE_WIDTH, force_terminal=False))
+    out = capsys.readouterr().out
+    for name in ("torch eager fp32 (baseline)", "onnxruntime fp32", "onnxruntime int8", "openvino int8"):
+        assert name in out
+    assert "25,600" in out and "12.80x" in out and "note: fp16: skipped" in out
+
+
+def test_ms_format_keeps_four_significant_digits():
+    assert [report._ms(v) for v in (0.2913, 1.5, 26.52, 199.9, 1195.6)] == ["0.291", "1.50", "26.5", "200", "1196"]
+
+
+def test_reference_columns_only_for_a_row_with_a_reference():
+    res = cpu_result()
+    header, _ = report.accuracy_table(res)
+    assert "reference" not in header
+    res["rows"][3]["accuracy"] = {**res["rows"][3]["accuracy"], "reference": "onnxruntime on model.int8.tensorrt.onnx",
+                                  "delta_vs_reference": 0.01, "agreement_vs_reference": 99.9}
+    header, lines = report.accuracy_table(res)
+    assert header[-3:] == report.REFERENCE_HEADER
+    assert lines[3][-3:] == ["onnxruntime on model.int8.tensorrt.onnx", "+0.01", "99.90%"]
+
+
+def test_report_redraws_from_bench_json_alone(tmp_path):
+    first = report.write_reports(cpu_result(), tmp_path / "a")
+    data = json.loads(first["bench.json"].read_text())
+    again = report.write_reports(data, tmp_path / "b")
+    assert again["bench.md"].read_text() == first["bench.md"].read_text()
+
+
+def test_row_without_stats_at_a_batch_is_left_out_of_the_table():
+    res = cpu_result()
+    res["rows"][3] = {**res["rows"][3], "timings": {"wall": [res["rows"][3]["timings"]["wall"][0]]}}
+    lines = report.latency_table_rows(res, "wall")
+    assert [line[:2] for line in lines if line[0] == "256"] == [
+        ["256", "torch eager fp32 (baseline)"], ["256", "onnxruntime fp32"], ["256", "onnxruntime int8"]]
+
