@@ -293,7 +293,8 @@ def validate_onnx(onnx_path: Path, model: torch.nn.Module, x: np.ndarray, *, sou
     chunks, sizes, problems = [], [], []
     for s in _batches(len(x), batch_size):
         feed = x[s]
-        if batch_size and len(feed) < batch_size:  # fixed batch: pad the last chunk with copies
+        count = len(feed)
+        if batch_size and count < batch_size:  # fixed batch: pad the last chunk with copies
             feed = np.resize(feed, (batch_size, *feed.shape[1:]))
         logits = session.run(None, {INPUT_NAME: feed})[0]
         sizes.append(len(feed))
@@ -301,7 +302,7 @@ def validate_onnx(onnx_path: Path, model: torch.nn.Module, x: np.ndarray, *, sou
             problems.append(f"batch of {len(feed)}: logits {logits.dtype} {list(logits.shape)}, "
                             f"expected float32 [{len(feed)}, {NUM_CLASSES}]")
             return Validation(source, len(x), sorted(set(sizes)), nan, nan, 0.0, atol, rtol, problems)
-        chunks.append(logits[: s.stop - s.start])
+        chunks.append(logits[:count])
     got, expected = np.concatenate(chunks), _torch_logits(model, x)  # both [N, 10]
 
     diff = np.abs(got - expected)
@@ -333,10 +334,11 @@ def _validation_inputs(data_dir: str | os.PathLike[str] | None, num_images: int,
     try:
         images = data.load_test_set(data_dir)[0][:num_images]
         source = f"{len(images)} CIFAR-10 test images"
-    except RtkError as exc:
+    except RtkError:
         if data_dir is not None or os.environ.get("RTK_DATA_DIR"):
             raise
-        log(f"no CIFAR-10 test set ({exc}); validating on random images instead")
+        log("no CIFAR-10 test set found (see `rtk data download` or --data-dir): "
+            "validating on random images instead")
         images = np.random.default_rng(0).integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8)
         source = f"{num_images} random images (no CIFAR-10 found)"
     return normalize_uint8_nhwc(images, normalization), source
@@ -396,7 +398,8 @@ def export_onnx(
     """Export `checkpoint` to `out` (dynamic batch; batch_size=N fixes it) and check it; returns `out`.
 
     The graph check always runs; verify=False skips only the onnxruntime-vs-torch comparison.
-    `on_validation` receives the comparison (passed or not) before a failure is raised.
+    `on_validation` receives the comparison (passed or not) before a failure is raised; by default
+    its summary line is logged.
     Any failure raises one RtkError listing every problem, and nothing is left at `out`.
     """
     check_versions()
@@ -432,8 +435,9 @@ def export_onnx(
         if inputs is not None:
             validation = validate_onnx(tmp, model, inputs[0], source=inputs[1], batch_size=batch_size,
                                        atol=atol, rtol=rtol)
-            log(validation.summary())
-            if on_validation is not None:
+            if on_validation is None:
+                log(validation.summary())
+            else:
                 on_validation(validation)
             problems += validation.problems
         else:
