@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from rtk import __version__
+from rtk.checkpoint import build_model
 from rtk.checkpoint import load as load_checkpoint
 from rtk.describe import OnnxSummary, summarize_onnx
 from rtk.errors import RtkError, require
@@ -371,6 +372,7 @@ def _to_onnx(model: torch.nn.Module, *, opset: int, batch_size: int | None) -> A
         program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     opset_version=opset, dynamo=True, dynamic_shapes=dynamic,
                                     optimize=True, external_data=False, verbose=False)
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     return program.model_proto
 
 
@@ -410,7 +412,11 @@ def export_onnx(
                        f"(default {OPSET}, the newest TensorRT 10 reads)")
     if batch_size is not None and batch_size < 1:
         raise RtkError(f"a fixed batch must be at least 1, got {batch_size}")
+    checkpoint, out = Path(checkpoint), Path(out)
     model, ckpt = load_checkpoint(checkpoint, depth)
+    # The reference is a second copy built from the checkpoint dict, so whatever happens to the
+    # traced module on its way through the exporter, the file is compared with the checkpoint.
+    reference = build_model(ckpt)
     # The weights were trained with the checkpoint's normalization (written from rtk.preprocess).
     normalization = ckpt["normalization"]
     metrics = ckpt.get("metrics") or {}
@@ -433,7 +439,7 @@ def export_onnx(
         # Check the bytes on disk, not the object in memory.
         problems = graph_report(load_onnx(tmp), batch_size=batch_size).problems
         if inputs is not None:
-            validation = validate_onnx(tmp, model, inputs[0], source=inputs[1], batch_size=batch_size,
+            validation = validate_onnx(tmp, reference, inputs[0], source=inputs[1], batch_size=batch_size,
                                        atol=atol, rtol=rtol)
             if on_validation is None:
                 log(validation.summary())

@@ -100,7 +100,7 @@ def missing_fields(fields: Mapping[str, Any]) -> list[str]:
 def load_onnx(path: str | os.PathLike[str], *, load_weights: bool = True) -> Any:
     """The onnx.ModelProto in `path`; RtkError for a missing or unreadable file."""
     onnx = require("onnx")
-    from google.protobuf.message import DecodeError  # onnx depends on protobuf
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # onnx needs protobuf
 
     try:
         return onnx.load(os.fspath(path), load_external_data=load_weights)

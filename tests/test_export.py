@@ -267,18 +267,17 @@ def test_graph_report_flags_wrong_pads_slices_and_names(exported):
 # A broken export fails and leaves nothing behind
 
 
-def test_weights_changed_after_tracing_fail_validation(tmp_path, monkeypatch):
+def test_traced_weights_that_differ_from_the_checkpoint_fail_validation(tmp_path, monkeypatch):
     ckpt, _ = make_checkpoint(tmp_path / "r8.pt", 8)
     out = tmp_path / "out" / "model.onnx"
     real_export = torch.onnx.export
 
-    def export_then_change_weights(model, *args, **kwargs):
-        program = real_export(model, *args, **kwargs)
+    def export_changed_weights(model, *args, **kwargs):
         with torch.no_grad():
-            model.fc.bias += 0.01  # the torch model now differs from the traced graph
-        return program
+            model.fc.bias += 0.01  # the graph the exporter traces no longer matches the checkpoint
+        return real_export(model, *args, **kwargs)
 
-    monkeypatch.setattr(torch.onnx, "export", export_then_change_weights)
+    monkeypatch.setattr(torch.onnx, "export", export_changed_weights)
     code, output = invoke("export", "--checkpoint", str(ckpt), "--out", str(out), "--num-images", "8")
     assert_one_line_error(code, output, "failed its checks", "was not written", "differ by more than atol")
     assert "FAIL" in output  # the validation table is printed before the error
