@@ -468,7 +468,7 @@ def _active(runner: Runner) -> Runner:
 def run_bench(config: BenchConfig, log: Log) -> BenchResult:
     """Measure every row of `config`; the result holds everything the report shows."""
     gpu = cuda_device()
-    choice = choose_backend(config.backend, gpu)
+    choice = choose_backend(config.backend, gpu, installed)
     log(f"backend: {choice.backend} on {choice.device} ({choice.reason})")
     threads = config.threads or usable_cores()
     batch_sizes = tuple(config.batch_sizes or DEFAULT_BATCH_SIZES[choice.device])
@@ -496,6 +496,9 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
                 log(f"timing: {row.name}, batch {batch_size}")
                 _time_row(model.runner, row, batch_size, config.timing, synchronize)
         _speedups(rows)
+        notes += [f"{row.name}: batch {', '.join(map(str, row.skipped_batch_sizes))} above the engine profile's "
+                  f"max ({model.runner.max_batch}); rebuild with a larger max batch to measure it"
+                  for row, model in zip(rows, models) if row.skipped_batch_sizes]
         if config.accuracy:
             _accuracy(rows, models, paths, config, threads, log)
     finally:

@@ -188,6 +188,6 @@ def bench_run(bench_runs_dir: Path, cifar_dir: Path, tmp_path_factory: pytest.Te
     out = tmp_path_factory.mktemp("bench-out")
     result = CliRunner().invoke(main, [
         "bench", "--precision", "int8", "--runs-dir", str(bench_runs_dir), "--data-dir", str(cifar_dir),
-        "--batch-sizes", "1,8", "--warmup", "0", "--iterations", "3", "--threads", "2", "--out", str(out)])
+        "--batch-sizes", "1,8", "--warmup", "0", "--iterations", "3", "--threads", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return {"result": result, "out": out, "json": json.loads((out / "bench.json").read_text())}

@@ -162,7 +162,7 @@ def test_bench_int8_on_cpu_end_to_end(bench_run):
     data, out = bench_run["json"], bench_run["out"]
     names = [row["name"] for row in data["rows"]]
     assert names == ["torch eager fp32", "onnxruntime fp32", "onnxruntime int8", "openvino int8"]
-    assert data["rows"][0]["baseline"] and data["device"] == "cpu" and data["threads"] == 2
+    assert data["rows"][0]["baseline"] and data["device"] == "cpu" and data["threads"] == 1
     assert data["backend_choice"]["backend"] == "openvino" and "no CUDA device" in data["backend_choice"]["reason"]
     for row in data["rows"]:
         stats = row["timings"]["wall"]

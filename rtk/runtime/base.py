@@ -15,9 +15,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 INPUT_NAME = "input"  # float32 [N, 3, 32, 32], normalized
 OUTPUT_NAME = "logits"  # float32 [N, 10]
@@ -76,7 +79,7 @@ class Runner(ABC):
             self._deactivate()
             self.is_active = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Self:
         self.activate()
         return self
 

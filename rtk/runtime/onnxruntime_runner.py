@@ -44,9 +44,11 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = self.threads or 0  # 0: one per physical core
         available = ort.get_available_providers()
         providers = self.providers or [p for p in DEFAULT_PROVIDERS if p in available]
+        errors = ort.capi.onnxruntime_pybind11_state  # its exceptions derive from Exception only
         try:
             self._session = ort.InferenceSession(self.path, options, providers=providers)
-        except RuntimeError as exc:  # onnxruntime's Fail / InvalidProtobuf / NotImplemented
+        except (errors.Fail, errors.InvalidProtobuf, errors.InvalidGraph, errors.NoSuchFile,
+                errors.NotImplemented, errors.InvalidArgument) as exc:
             raise RtkError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0]}") from exc
         self._metadata = decode_metadata(self._session.get_modelmeta().custom_metadata_map)
         self.precision = self._metadata.get("precision", "fp32")

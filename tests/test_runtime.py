@@ -1,0 +1,264 @@
+"""rtk.runtime: input checks and their errors, batch splitting, every CPU backend on real ONNX files,
+thread safety, the same top-1 as `rtk bench`, and an import that leaves torch out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import write_fake_engine
+
+import rtk.runtime
+from rtk.errors import MissingDependency, RtkError
+from rtk.preprocess import CLASSES, normalization_metadata, normalize_uint8_nhwc
+from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, Runner
+from rtk.runtime.model import Model, network_input, softmax
+
+NORMALIZATION = normalization_metadata()
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- input checks (numpy only)
+
+
+def test_uint8_nhwc_is_normalized_like_training():
+    x = images(4)
+    np.testing.assert_array_equal(network_input(x, NORMALIZATION), normalize_uint8_nhwc(x))
+    np.testing.assert_array_equal(network_input(x[0], NORMALIZATION), normalize_uint8_nhwc(x[:1]))
+
+
+def test_normalized_float_nchw_passes_through():
+    x = normalize_uint8_nhwc(images(3))
+    np.testing.assert_array_equal(network_input(x, NORMALIZATION), x)
+    assert network_input(x[0], NORMALIZATION).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 3, 32, 32), np.uint8), "channels-first"),
+    (np.zeros((2, 32, 32, 4), np.uint8), "drop the alpha channel"),
+    (np.zeros((2, 32, 32, 1), np.uint8), "3 channels"),
+    (np.zeros((2, 28, 28, 3), np.uint8), "32x32"),
+    (np.zeros((32, 32), np.uint8), r"\[N, 32, 32, 3\]"),
+    (np.zeros((0, 32, 32, 3), np.uint8), "empty"),
+    (np.zeros((2, 32, 32, 3), np.float64), "got dtype float64"),
+    (np.zeros((2, 32, 32, 3), np.int32), "got dtype int32"),
+    (np.zeros((2, 32, 32, 3), np.float32), "channels-last"),
+    (np.zeros((2, 3, 16, 16), np.float32), r"got shape \(2, 3, 16, 16\)"),
+    (np.full((2, 3, 32, 32), 200.0, np.float32), "looks like raw pixels"),
+    (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN"),
+])
+def test_bad_inputs_get_a_clear_error(bad, message):
+    with pytest.raises(RtkError, match=message):
+        network_input(bad, NORMALIZATION)
+
+
+def test_range_check_allows_every_normalized_pixel():
+    extremes = np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)])
+    network_input(normalize_uint8_nhwc(extremes), NORMALIZATION)  # no error at the range ends
+
+
+def test_softmax_rows_sum_to_one_for_large_logits():
+    probs = softmax(np.array([[1000.0, 0.0, -1000.0], [1.0, 1.0, 1.0]], np.float32))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs[1], 1 / 3, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- Model over a fake runner
+
+
+class FakeRunner(Runner):
+    """logits[:, c] = mean of input channel c % 3, times (c + 1): a pure function of the input."""
+
+    backend = "fake"
+
+    def __init__(self, max_batch: int | None = None, metadata: dict[str, Any] | None = None):
+        super().__init__("fake.model")
+        self._max_batch = max_batch
+        self._metadata = {"normalization": NORMALIZATION, "classes": list(CLASSES)} if metadata is None else metadata
+        self.batches: list[int] = []
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._max_batch
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    def _activate(self) -> None:
+        return None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = feed[INPUT_NAME]
+        if self._max_batch is not None:
+            assert len(x) <= self._max_batch
+        self.batches.append(len(x))
+        means = x.mean(axis=(2, 3))  # [N, 3]
+        return {OUTPUT_NAME: np.stack([means[:, c % 3] * (c + 1) for c in range(10)], axis=1)}
+
+
+def test_batches_above_the_runner_max_are_split_and_joined():
+    x = images(10)
+    whole = Model(FakeRunner()).logits(x)
+    runner = FakeRunner(max_batch=4)
+    np.testing.assert_array_equal(Model(runner).logits(x), whole)
+    assert runner.batches == [4, 4, 2]
+
+
+def test_predict_returns_classes_and_probabilities():
+    model = Model(FakeRunner())
+    pred = model.predict(images(5))
+    assert pred.classes.dtype == np.int64 and pred.classes.shape == (5,)
+    assert pred.probs.dtype == np.float32 and pred.probs.shape == (5, 10)
+    np.testing.assert_array_equal(pred.classes, pred.probs.argmax(axis=1))
+    assert model.classes == CLASSES and model.backend == "fake"
+
+
+def test_a_model_without_rtk_metadata_is_refused():
+    with pytest.raises(RtkError, match="carries no rtk metadata"):
+        Model(FakeRunner(metadata={}))
+
+
+# ---------------------------------------------------------------- load(): files and backends
+
+
+def test_load_refuses_missing_and_unknown_files(tmp_path):
+    with pytest.raises(RtkError, match="not found"):
+        rtk.runtime.load(tmp_path / "missing.onnx")
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(RtkError, match="unknown model file type"):
+        rtk.runtime.load(tmp_path / "model.bin")
+    (tmp_path / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(RtkError, match="run it with onnxruntime or openvino, not torch"):
+        rtk.runtime.load(tmp_path / "model.onnx", backend="torch")
+    with pytest.raises(RtkError, match="unknown backend"):
+        rtk.runtime.load(tmp_path / "model.onnx", backend="tflite")
+    with pytest.raises(RtkError, match="onnxruntime cannot load"):
+        rtk.runtime.load(tmp_path / "model.onnx", backend="onnxruntime")
+
+
+def test_tensorrt_engine_without_tensorrt_is_a_missing_dependency(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, as where it is absent
+    write_fake_engine(tmp_path / "model.int8.plan", precision="int8")
+    with pytest.raises(MissingDependency, match=r"tensorrt is not installed.*rtk\[gpu\]") as info:
+        rtk.runtime.load(tmp_path / "model.int8.plan")
+    assert info.value.exit_code == 2
+    with pytest.raises(RtkError, match="runs with tensorrt, not onnxruntime"):
+        rtk.runtime.load(tmp_path / "model.int8.plan", backend="onnxruntime")
+
+
+def test_tensorrt_device_memory_needs_cuda_python_or_pycuda(monkeypatch):
+    from rtk.runtime import tensorrt_runner
+
+    for module in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "pycuda", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependency, match="cuda-python or pycuda"):
+        tensorrt_runner.cuda_binding()
+
+
+def test_the_fastest_installed_onnx_backend_is_the_default(monkeypatch):
+    assert rtk.runtime.onnx_backend() == "openvino"  # both are installed here (the cpu and openvino extras)
+    monkeypatch.setattr(rtk.runtime, "installed", lambda module: module == "onnxruntime")
+    assert rtk.runtime.onnx_backend() == "onnxruntime"
+    monkeypatch.setattr(rtk.runtime, "installed", lambda module: False)
+    with pytest.raises(MissingDependency, match="needs openvino or onnxruntime"):
+        rtk.runtime.onnx_backend()
+
+
+# ---------------------------------------------------------------- real ONNX files
+
+
+@pytest.fixture(scope="module")
+def artifacts(bench_runs_dir):
+    root = bench_runs_dir / "resnet20"
+    return {"checkpoint": root / "checkpoint.pt", "fp32": root / "model.onnx", "int8": root / "model.int8.cpu.onnx"}
+
+
+def test_every_backend_gives_the_same_fp32_logits(artifacts):
+    x = images(16)
+    reference = rtk.runtime.load(artifacts["checkpoint"], threads=1).logits(x)
+    for backend in ("onnxruntime", "openvino"):
+        model = rtk.runtime.load(artifacts["fp32"], backend=backend, threads=1)
+        assert (model.backend, model.precision) == (backend, "fp32")  # OpenVINO: f32 hint, not bf16
+        np.testing.assert_allclose(model.logits(x), reference, atol=1e-4, rtol=1e-4)
+    assert model.metadata["depth"] == 20 and model.classes == CLASSES
+
+
+def test_openvino_bf16_is_its_own_precision(artifacts):
+    x = images(16)
+    f32 = rtk.runtime.load(artifacts["fp32"], backend="openvino", precision="fp32", threads=1)
+    bf16 = rtk.runtime.load(artifacts["fp32"], backend="openvino", precision="bf16", threads=1)
+    assert bf16.precision == "bf16" and bf16.name == "openvino bf16"
+    np.testing.assert_allclose(bf16.logits(x), f32.logits(x), atol=0.5)  # bf16 keeps 8 bits of mantissa
+
+
+def test_precision_the_file_cannot_run_is_refused(artifacts):
+    with pytest.raises(RtkError, match="int8 model; OpenVINO cannot run it as bf16"):
+        rtk.runtime.load(artifacts["int8"], backend="openvino", precision="bf16")
+    with pytest.raises(RtkError, match="int8 model; onnxruntime runs it as it is, not as fp32"):
+        rtk.runtime.load(artifacts["int8"], backend="onnxruntime", precision="fp32")
+
+
+def test_bad_input_reaches_the_user_as_the_documented_error(artifacts):
+    model = rtk.runtime.load(artifacts["int8"], backend="onnxruntime")
+    with pytest.raises(RtkError, match="channels-first"):
+        model.predict(images(2).transpose(0, 3, 1, 2))
+    with pytest.raises(RtkError, match="looks like raw pixels"):
+        model.predict(images(2).transpose(0, 3, 1, 2).astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_eight_threads_get_the_single_threaded_answers(artifacts, backend):
+    model = rtk.runtime.load(artifacts["int8"], backend=backend, threads=1)
+    batches = [images(3, seed) for seed in range(8)]  # one input per thread
+    expected = [model.predict(b) for b in batches]
+    failures: list[str] = []
+
+    def worker(i: int) -> None:
+        for _ in range(100):
+            pred = model.predict(batches[i])
+            if not (np.array_equal(pred.classes, expected[i].classes)
+                    and np.array_equal(pred.probs, expected[i].probs)):
+                failures.append(f"thread {i}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_runtime_top1_equals_what_bench_measured(bench_run, artifacts, cifar_dir):
+    """The runtime an app embeds gives the accuracy `rtk bench` reported, on the full test set."""
+    from rtk import data
+
+    test_images, labels = data.load_test_set(cifar_dir)
+    measured = {row["name"]: row["accuracy"]["top1"] for row in bench_run["json"]["rows"]}
+    for precision, name in (("fp32", "onnxruntime fp32"), ("int8", "onnxruntime int8")):
+        model = rtk.runtime.load(artifacts[precision], backend="onnxruntime", threads=1)
+        top1 = 100.0 * float(np.mean(model.predict(test_images).classes == labels))
+        assert top1 == pytest.approx(measured[name], abs=1e-9), name
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_import_and_predict_leave_torch_out(artifacts, backend):
+    script = f"""
+import sys
+import numpy as np
+import rtk.runtime
+model = rtk.runtime.load({str(artifacts["int8"])!r}, backend={backend!r})
+pred = model.predict(np.zeros((2, 32, 32, 3), np.uint8))
+assert pred.classes.shape == (2,)
+print("torch loaded:", "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "torch loaded: False" in out
