@@ -60,11 +60,16 @@ MIN_VERSIONS = {"onnx": "1.16", "onnxruntime": "1.20", "onnxscript": "0.2"}
 BATCH_AXIS = "batch"  # name of the dynamic batch dimension in the exported graph
 EXAMPLE_BATCH = 2  # torch.export specializes sizes 0 and 1, so trace with 2 and declare the axis dynamic
 
-# Tolerances: a logit fails when |onnx - torch| > ATOL + RTOL * |torch| (numpy.isclose). RTOL is 0,
-# so the absolute bound holds for every logit whatever its size: trained logits are O(10) and the
-# measured export error is ~1e-6..2e-5 (reordered fp32 sums after BN folding), well inside 1e-4.
+# Tolerances. A logit fails when |onnx - torch| > max(ATOL, RTOL * s), s = the largest |torch logit|
+# of the same image. So the bound is 1e-4 absolute for every image whose logits stay within +-10,
+# and widens with the logit scale beyond that, because fp32 noise (summation order, BN folded into
+# the weights) grows with the scale of the whole activation stream, not with each logit's own
+# value. Measured, untrained nets with real BN statistics, 2-core Xeon: max abs diff 2e-6..2e-5 for
+# depths 20-110 (logits up to 13); ResNet-1202 4.4e-4 on a logit of -1.6 in an image whose
+# logits reach 64 (7e-6 of the scale): numpy-style rtol * |that logit| could not tell it from a bug,
+# RTOL * s does. A real export bug (wrong pad, weights, BN eps) is off by 1e-2 of s or more.
 ATOL = 1e-4
-RTOL = 0.0
+RTOL = 1e-5
 SWEEP_BATCHES = (1, 7, 256)  # onnxruntime batch sizes in the validation: 1, 7, then 256 until done
 VALIDATION_IMAGES = 512
 
@@ -241,7 +246,7 @@ class Validation:
     num_images: int
     batch_sizes: list[int]  # the distinct batch sizes onnxruntime ran
     max_abs_diff: float
-    max_rel_diff: float  # |onnx - torch| / max(|torch|, atol): near-zero logits do not blow it up
+    max_rel_diff: float  # max |onnx - torch| / s, s = the image's largest |torch logit|
     top1_agreement: float  # fraction of images whose argmax matches
     atol: float
     rtol: float
@@ -253,8 +258,8 @@ class Validation:
 
     def summary(self) -> str:
         return (f"onnxruntime vs torch on {self.source}, batches {self.batch_sizes}: "
-                f"max abs diff {self.max_abs_diff:.2e} (atol {self.atol:g}, rtol {self.rtol:g}), "
-                f"max rel diff {self.max_rel_diff:.2e}, top-1 agreement {self.top1_agreement:.2%}")
+                f"max abs diff {self.max_abs_diff:.2e} (atol {self.atol:g}), max diff / logit scale "
+                f"{self.max_rel_diff:.2e} (rtol {self.rtol:g}), top-1 agreement {self.top1_agreement:.2%}")
 
 
 def _batches(num_images: int, batch_size: int | None) -> Iterator[slice]:
@@ -264,6 +269,16 @@ def _batches(num_images: int, batch_size: int | None) -> Iterator[slice]:
         size = batch_size or next(sizes, SWEEP_BATCHES[-1])
         yield slice(start, start + size)
         start += size
+
+
+def _logit_scale(logits: np.ndarray) -> np.ndarray:
+    """[N, 10] -> [N, 1]: each image's largest |logit|."""
+    return np.abs(logits).max(axis=1, keepdims=True)
+
+
+def beyond_tolerance(got: np.ndarray, expected: np.ndarray, atol: float = ATOL, rtol: float = RTOL) -> np.ndarray:
+    """Boolean [N, 10]: logits of `got` off `expected` by more than max(atol, rtol * image logit scale)."""
+    return np.abs(got - expected) > np.maximum(atol, rtol * _logit_scale(expected))
 
 
 def _torch_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -307,16 +322,17 @@ def validate_onnx(onnx_path: Path, model: torch.nn.Module, x: np.ndarray, *, sou
     got, expected = np.concatenate(chunks), _torch_logits(model, x)  # both [N, 10]
 
     diff = np.abs(got - expected)
-    outside = ~np.isclose(got, expected, atol=atol, rtol=rtol)
+    outside = beyond_tolerance(got, expected, atol, rtol)
     if outside.any():
         image, cls = np.unravel_index(int(np.argmax(diff)), diff.shape)
-        problems.append(f"{int(outside.sum())} of {diff.size} logits differ by more than atol {atol:g} + "
-                        f"rtol {rtol:g} * |torch|: max abs diff {diff.max():.3g} (image {image}, class {cls})")
+        problems.append(f"{int(outside.sum())} of {diff.size} logits differ by more than max(atol {atol:g}, "
+                        f"rtol {rtol:g} * the image's largest |logit|): max abs diff {diff.max():.3g} "
+                        f"(image {image}, class {cls})")
     agree = got.argmax(1) == expected.argmax(1)
     if not agree.all():
         problems.append(f"top-1 differs from torch on {int((~agree).sum())} of {len(x)} images "
                         f"(first: {np.flatnonzero(~agree)[:5].tolist()})")
-    rel = diff / np.maximum(np.abs(expected), atol)
+    rel = diff / np.maximum(_logit_scale(expected), np.finfo(np.float32).tiny)
     return Validation(source, len(x), sorted(set(sizes)), float(diff.max()), float(rel.max()),
                       float(agree.mean()), atol, rtol, problems)
 
@@ -449,7 +465,7 @@ def export_onnx(
         else:
             log("validation against torch skipped (--no-verify)")
         if problems:
-            raise RtkError(f"the ONNX export of {checkpoint} failed its checks, so {out} was not written "
-                           f"({len(problems)} problems): " + "; ".join(problems))
+            raise RtkError(f"the ONNX export of {checkpoint} failed its checks, so {out} was not written: "
+                           + "; ".join(problems))
     log(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return out
