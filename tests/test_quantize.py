@@ -1,0 +1,336 @@
+"""rtk.quantize and `rtk quantize`: the QDQ structure of both INT8 flavours, the FP16 model, the
+calibration methods and manifest, validation, and (slow) the accuracy of a briefly trained model.
+
+Structure tests use an untrained ResNet-8 with non-trivial BN (test_export.make_checkpoint): n=1
+still has an identity-shortcut block and two Slice+Pad shortcuts, and it quantizes in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, numpy_helper
+from test_export import make_checkpoint
+
+from rtk import data, export, quantize
+from rtk.cli import main
+from rtk.errors import RtkError
+from rtk.fileio import sha256_file
+from rtk.onnx_meta import decode_metadata
+from rtk.preprocess import normalize_uint8_nhwc
+
+CALIB_IMAGES = 64
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("quantize")
+    checkpoint, _ = make_checkpoint(root / "checkpoint.pt", depth=8)
+    return export.export_onnx(checkpoint, root / "model.onnx", verify=False, log=lambda _: None)
+
+
+@pytest.fixture(autouse=True)
+def loaded_once(monkeypatch, cifar10, cifar_dir):
+    """Every stage call reads the real CIFAR-10 (RTK_DATA_DIR), from memory after the first time."""
+    monkeypatch.setattr(data, "load_cifar10", lambda data_dir=None: cifar10)
+    monkeypatch.setenv("RTK_DATA_DIR", str(cifar_dir))
+
+
+def quantized(fp32_onnx: Path, tmp_path: Path, target: str, **options) -> tuple[Path, onnx.ModelProto]:
+    options = {"num_images": CALIB_IMAGES, "verify": False, "calib_dir": tmp_path / "calib", **options}
+    out = quantize.quantize_int8(fp32_onnx, tmp_path / f"model.int8.{target}.onnx", target=target,
+                                 log=lambda _: None, **options)
+    return out, onnx.load(out)
+
+
+def graph_facts(model: onnx.ModelProto) -> tuple[dict, dict, dict]:
+    """(producer of each tensor, readers of each tensor, constant arrays by name)"""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return producer, readers, constants
+
+
+def op_of(producer: dict, tensor: str) -> str | None:
+    node = producer.get(tensor)
+    return node.op_type if node is not None else None
+
+
+def shortcut_ops(model: onnx.ModelProto) -> list[tuple[str, list]]:
+    """Slice and Pad nodes with their constant inputs: the option-A shortcuts."""
+    _, _, constants = graph_facts(model)
+    return [(node.op_type, [constants[name].tolist() for name in node.input[1:] if name in constants])
+            for node in model.graph.node if node.op_type in ("Slice", "Pad")]
+
+
+# ---------------------------------------------------------------------------------------------
+# QDQ structure
+
+
+def test_tensorrt_flavour_is_symmetric_qdq_on_conv_inputs_and_shortcuts_only(fp32_onnx, tmp_path):
+    _, model = quantized(fp32_onnx, tmp_path, "tensorrt")
+    fp32 = onnx.load(fp32_onnx)
+    producer, readers, constants = graph_facts(model)
+    nodes = model.graph.node
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+
+    qdq = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    for node in qdq:  # symmetric INT8 everywhere: zero points are int8 zeros
+        zero_point = constants[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    for node in [n for n in nodes if n.op_type == "DequantizeLinear"]:
+        assert constants.get(node.input[0], np.zeros(0, np.int8)).dtype != np.int32, "INT32 bias behind a DQ"
+
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert len(convs) == sum(n.op_type == "Conv" for n in fp32.graph.node)
+    for conv in convs:
+        activation, weight = (producer[name] for name in conv.input[:2])
+        assert activation.op_type == "DequantizeLinear" and weight.op_type == "DequantizeLinear"
+        assert op_of(producer, activation.input[0]) == "QuantizeLinear"
+        axis = next(a.i for a in weight.attribute if a.name == "axis")
+        out_channels = constants[weight.input[0]].shape[0]
+        assert axis == 0 and constants[weight.input[1]].shape == (out_channels,)  # per output channel
+        if len(conv.input) > 2:
+            assert conv.input[2] in constants  # the folded BN bias stays a float initializer
+        # no Q/DQ between Conv and what reads it (ReLU, or the residual Add)
+        assert {r.op_type for r in readers[conv.output[0]]} <= {"Relu", "Add"}
+
+    adds = [n for n in nodes if n.op_type == "Add"]
+    assert len(adds) == 3
+    for add in adds:
+        ops = sorted(op_of(producer, name) for name in add.input)
+        assert ops == ["Conv", "DequantizeLinear"], ops  # Q/DQ on the shortcut input only
+        assert {r.op_type for r in readers[add.output[0]]} == {"Relu"}
+    padded = [add for add in adds if any(op_of(producer, producer[name].input[0]) == "QuantizeLinear"
+                                         and op_of(producer, producer[producer[name].input[0]].input[0]) == "Pad"
+                                         for name in add.input if op_of(producer, name) == "DequantizeLinear")]
+    assert len(padded) == 2  # the two downsampling shortcuts: Pad -> Q -> DQ -> Add
+
+    assert shortcut_ops(model) == shortcut_ops(fp32)  # Slice / Pad untouched
+    assert sum(n.op_type == "Relu" for n in nodes) == sum(n.op_type == "Relu" for n in fp32.graph.node)
+    gemm = next(n for n in nodes if n.op_type == "Gemm")
+    assert gemm.input[1] in constants and constants[gemm.input[1]].dtype == np.float32  # last FC float
+
+    meta = decode_metadata({p.key: p.value for p in model.metadata_props})
+    assert meta["precision"] == "int8" and meta["int8_target"] == "tensorrt"
+    assert meta["calibration"]["method"] == "percentile" and meta["calibration"]["num_images"] == CALIB_IMAGES
+    fp32_meta = decode_metadata({p.key: p.value for p in fp32.metadata_props})
+    assert {k: meta[k] for k in ("depth", "normalization", "classes", "checkpoint_sha256")} == \
+        {k: fp32_meta[k] for k in ("depth", "normalization", "classes", "checkpoint_sha256")}
+
+
+def test_cpu_flavour_is_u8s8_with_relus_folded_and_adds_quantized(fp32_onnx, tmp_path):
+    _, model = quantized(fp32_onnx, tmp_path, "cpu")
+    fp32 = onnx.load(fp32_onnx)
+    producer, readers, constants = graph_facts(model)
+    nodes = model.graph.node
+    activations = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    assert activations and all(constants[n.input[2]].dtype == np.uint8 for n in activations)
+    weights = [n for n in nodes if n.op_type == "DequantizeLinear" and constants.get(n.input[0]) is not None
+               and constants[n.input[0]].ndim == 4]
+    assert len(weights) == sum(n.op_type == "Conv" for n in nodes)
+    for node in weights:
+        assert constants[node.input[0]].dtype == np.int8 and not constants[node.input[2]].any()
+        assert next(a.i for a in node.attribute if a.name == "axis") == 0
+    assert not [n for n in nodes if n.op_type == "Relu"]  # folded into the U8 zero points
+    for add in [n for n in nodes if n.op_type == "Add"]:
+        assert all(op_of(producer, name) == "DequantizeLinear" for name in add.input)
+        assert {r.op_type for r in readers[add.output[0]]} == {"QuantizeLinear"}
+    assert shortcut_ops(model) == shortcut_ops(fp32)
+    gemm = next(n for n in nodes if n.op_type == "Gemm")
+    assert constants[gemm.input[1]].dtype == np.float32
+    assert decode_metadata({p.key: p.value for p in model.metadata_props})["int8_target"] == "cpu"
+
+
+def test_fp16_model_has_fp16_weights_and_fp32_inputs_and_outputs(fp32_onnx, tmp_path):
+    out = quantize.convert_fp16(fp32_onnx, tmp_path / "model.fp16.onnx", verify=False, log=lambda _: None)
+    model = onnx.load(out)
+    floats = [init for init in model.graph.initializer if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    assert floats and all(init.data_type == TensorProto.FLOAT16 for init in floats)
+    for value in (*model.graph.input, *model.graph.output):
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
+    assert decode_metadata({p.key: p.value for p in model.metadata_props})["precision"] == "fp16"
+    assert not quantize.validation_path(out).exists()  # verify=False writes no figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration methods and manifest
+
+
+def test_the_three_methods_give_different_ranges_and_scales(fp32_onnx, tmp_path, monkeypatch):
+    # 512 bins keep entropy's KL search short here; the slow test below runs the shipped 2048
+    monkeypatch.setitem(quantize.METHODS, "entropy", quantize.Method("Entropy", {"num_bins": 512,
+                                                                                 "num_quantized_bins": 128}))
+    ranges, scales = {}, {}
+    for method in quantize.METHODS:
+        _, model = quantized(fp32_onnx, tmp_path / method, "tensorrt", method=method)
+        manifest = Path(decode_metadata({p.key: p.value for p in model.metadata_props})["calibration"]["manifest"])
+        ranges[method] = json.loads(manifest.read_text())["ranges"]
+        scales[method] = {k: v["scale"] for k, v in quantize.activation_quantization(model).items()}
+    names = set(ranges["minmax"])
+    assert names == set(ranges["entropy"]) == set(ranges["percentile"]) and len(names) > 10
+    for a, b in [("minmax", "entropy"), ("minmax", "percentile"), ("entropy", "percentile")]:
+        differ = [n for n in names if not np.allclose(ranges[a][n], ranges[b][n], rtol=1e-3)]
+        assert len(differ) > len(names) // 2, (a, b, len(differ), len(names))
+        assert scales[a] != scales[b]
+    for name in names:  # minmax is the observed range; the other two clip inside it
+        low, high = ranges["minmax"][name]
+        for method in ("entropy", "percentile"):
+            assert low - 1e-5 <= ranges[method][name][0] and ranges[method][name][1] <= high + 1e-5
+
+
+def test_manifest_records_the_calibration_and_is_reused(fp32_onnx, tmp_path, cifar10, monkeypatch):
+    calib = tmp_path / "calib"
+    _, model = quantized(fp32_onnx, tmp_path, "tensorrt", seed=3)
+    meta = decode_metadata({p.key: p.value for p in model.metadata_props})
+    path = Path(meta["calibration"]["manifest"])
+    assert path.parent == calib
+    assert path.name == f"resnet8-{meta['checkpoint_sha256'][:12]}-percentile-n{CALIB_IMAGES}-s3.json"
+    manifest = json.loads(path.read_text())
+    indices = np.asarray(manifest["indices"])
+    train_idx, val_idx = data.split_indices()
+    assert len(indices) == CALIB_IMAGES and np.isin(indices, train_idx).all() and not np.isin(indices, val_idx).any()
+    assert manifest["class_counts"] == np.bincount(cifar10.train_labels[indices], minlength=10).tolist()
+    assert max(manifest["class_counts"]) - min(manifest["class_counts"]) <= 1
+    assert manifest["data"]["checksum"] == cifar10.checksum()
+    assert (manifest["method"], manifest["seed"], manifest["num_images"]) == ("percentile", 3, CALIB_IMAGES)
+    assert manifest["model"]["depth"] == 8 and manifest["model"]["onnx_sha256"] == sha256_file(fp32_onnx)
+    assert manifest["calibrator"]["options"] == quantize.METHODS["percentile"].options
+    assert all(high >= low for low, high in manifest["ranges"].values())
+    written = manifest["quantized"]["tensorrt"]
+    assert written["activations"] == quantize.activation_quantization(model)
+    assert all(q["zero_point"] == 0 for q in written["activations"].values())
+
+    # the second flavour reuses indices and ranges: no calibration, no new sample
+    monkeypatch.setattr(quantize, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
+    monkeypatch.setattr(data, "calibration_indices", lambda *a, **k: pytest.fail("drew a new sample"))
+    quantized(fp32_onnx, tmp_path, "cpu", seed=3)
+    again = json.loads(path.read_text())
+    assert again["indices"] == manifest["indices"] and again["ranges"] == manifest["ranges"]
+    assert set(again["quantized"]) == {"tensorrt", "cpu"}
+    assert any(q["zero_point"] > 0 for q in again["quantized"]["cpu"]["activations"].values())  # asymmetric U8
+
+    # another FP32 file of the same checkpoint: recalibrated, on the recorded images
+    changed = tmp_path / "changed.onnx"
+    other = onnx.load(fp32_onnx)
+    other.doc_string = "re-exported"
+    onnx.save(other, changed)
+    seen = []
+    monkeypatch.setattr(quantize, "calibrate", lambda onnx_path, images, method: seen.append(images) or
+                        manifest["ranges"])
+    quantized(changed, tmp_path, "cpu", seed=3)
+    expected = normalize_uint8_nhwc(cifar10.train_images[indices])
+    assert len(seen) == 1 and np.array_equal(seen[0], expected)
+
+    # data that is not the calibrated data: refused
+    tampered = json.loads(path.read_text())
+    tampered["data"]["checksum"] = "0" * 64
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(RtkError, match="other CIFAR-10 data"):
+        quantized(fp32_onnx, tmp_path, "cpu", seed=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_onnx, tmp_path, cifar10,
+                                                                       monkeypatch):
+    images, labels = cifar10.test_images[:2000], cifar10.test_labels[:2000]  # the slow test uses all 10k
+    monkeypatch.setattr(data, "load_test_set", lambda data_dir=None: (images, labels))
+    out, _ = quantized(fp32_onnx, tmp_path, "cpu", verify=True, max_drop=100.0)
+    figures = json.loads(quantize.validation_path(out).read_text())
+    assert figures["format"] == "rtk.validation/1" and figures["test_images"] == 2000
+    assert figures["model"] == out.name and figures["reference"] == fp32_onnx.name
+    assert figures["delta_pct"] == pytest.approx(figures["accuracy_pct"] - figures["reference_accuracy_pct"], abs=1e-3)
+    assert 0 <= figures["top1_agreement_pct"] <= 100 and figures["max_drop_pct"] == 100.0
+    assert figures == {**quantize.validate(out, fp32_onnx, images, labels),
+                       "model": out.name, "reference": fp32_onnx.name, "max_drop_pct": 100.0}
+
+    refused = tmp_path / "refused"
+    with pytest.raises(RtkError, match="not written"):  # must gain 50 points over FP32: impossible
+        quantize.convert_fp16(fp32_onnx, refused / "model.fp16.onnx", max_drop=-50.0, log=lambda _: None)
+    assert not list(refused.iterdir())
+
+
+def test_bad_requests_are_one_clear_error(fp32_onnx, tmp_path):
+    with pytest.raises(RtkError, match="unknown INT8 target"):
+        quantized(fp32_onnx, tmp_path, "gpu")
+    with pytest.raises(RtkError, match="unknown calibration method"):
+        quantized(fp32_onnx, tmp_path, "cpu", method="kl")
+    fp16 = quantize.convert_fp16(fp32_onnx, tmp_path / "model.fp16.onnx", verify=False, log=lambda _: None)
+    with pytest.raises(RtkError, match="starts from the FP32"):
+        quantized(fp16, tmp_path, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_help():
+    result = CliRunner().invoke(main, ["quantize", "--help"])
+    assert result.exit_code == 0
+    for option in ("--target", "--method", "--precision", "--fp16", "--num-images", "--seed", "--onnx", "--out",
+                   "--data-dir", "--runs-dir"):
+        assert option in result.output
+
+
+def test_cli_writes_both_flavours_beside_the_onnx_and_prints_a_summary(fp32_onnx, tmp_path):
+    source = tmp_path / "model.onnx"
+    source.write_bytes(fp32_onnx.read_bytes())
+    result = CliRunner().invoke(main, ["quantize", "--onnx", str(source), "--num-images", str(CALIB_IMAGES),
+                                       "--no-verify", "--calib-dir", str(tmp_path / "calib")])
+    assert result.exit_code == 0, result.output
+    for name in ("model.int8.tensorrt.onnx", "model.int8.cpu.onnx"):
+        assert (tmp_path / name).is_file() and name in result.output
+
+
+def test_cli_refuses_out_with_several_models(fp32_onnx, tmp_path):
+    result = CliRunner().invoke(main, ["quantize", "--onnx", str(fp32_onnx), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2 and "--out names one file" in result.output
+
+
+def test_cli_exports_a_missing_onnx_first(fp32_onnx, tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr("rtk.pipeline.ensure_onnx", lambda paths, **kw: asked.append(paths) or fp32_onnx)
+    result = CliRunner().invoke(main, ["quantize", "--depth", "8", "--runs-dir", str(tmp_path), "--fp16",
+                                       "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert asked[0].onnx == tmp_path / "resnet8" / "model.onnx"
+    assert (tmp_path / "resnet8" / "model.fp16.onnx").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy on a briefly trained model (slow: a short training run on the real data)
+
+
+@pytest.fixture(scope="module")
+def trained_onnx(tmp_path_factory, cifar_dir) -> Path:
+    from rtk import train
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = train.TrainConfig(depth=8, iterations=400, batch_size=128, lr=0.2, schedule="onecycle", nesterov=True,
+                            weight_decay=5e-4, device="cpu", out_dir=str(root), data_dir=str(cifar_dir))
+    checkpoint = train.train(cfg, show_progress=False)
+    return export.export_onnx(checkpoint, root / "model.onnx", verify=False, log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_trained_model_loses_little_in_int8_and_fp16(trained_onnx, tmp_path):
+    deltas = {}
+    for target in quantize.FLAVOURS:
+        out, _ = quantized(trained_onnx, tmp_path, target, num_images=1024, verify=True)
+        deltas[target] = json.loads(quantize.validation_path(out).read_text())
+    fp16 = quantize.convert_fp16(trained_onnx, tmp_path / "model.fp16.onnx", log=lambda _: None)
+    deltas["fp16"] = json.loads(quantize.validation_path(fp16).read_text())
+    assert deltas["fp16"]["reference_accuracy_pct"] > 40  # it learned something
+    assert deltas["tensorrt"]["delta_pct"] >= -0.5 and deltas["cpu"]["delta_pct"] >= -0.5, deltas
+    assert deltas["fp16"]["delta_pct"] >= -0.1, deltas
