@@ -1,0 +1,99 @@
+"""`rtk quantize`: model.onnx -> model.int8.<target>.onnx (calibrated on CIFAR-10) and model.fp16.onnx."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rtk.cli import main
+from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.pipeline import CALIBRATION_METHODS, INT8_TARGETS
+
+ALL = "all"
+
+
+@main.command()
+@depth_option()
+@click.option("--target", type=click.Choice([*INT8_TARGETS, ALL]), default=ALL, show_default=True,
+              help="INT8 flavour: tensorrt (symmetric, QDQ on Conv inputs and residual shortcuts) or cpu "
+                   "(U8S8, fast with onnxruntime and OpenVINO).")
+@click.option("--method", type=click.Choice([*CALIBRATION_METHODS, ALL]), default=CALIBRATION_METHODS[0],
+              show_default=True,
+              help="Calibration method. 'all' writes model.int8.<target>.<method>.onnx for each, to compare "
+                   "(rtk build reads model.int8.tensorrt.onnx).")
+@click.option("--precision", type=click.Choice(["int8", "fp16", ALL]), default="int8", show_default=True,
+              help="int8: the QDQ models; fp16: model.fp16.onnx (FP32 inputs and outputs); all: both.")
+@click.option("--fp16", "fp16_only", is_flag=True, help="Same as --precision fp16.")
+@click.option("--num-images", type=click.IntRange(min=10), default=1024, show_default=True,
+              help="Calibration images, class-balanced, from the training split only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which calibration images.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="FP32 ONNX to start from; outputs go beside it [default: runs/resnet<depth>/model.onnx, "
+                   "exported from the checkpoint if missing].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write, when exactly one model is asked for.")
+@click.option("--calib-dir", type=click.Path(file_okay=False, path_type=Path), envvar="RTK_CALIB_DIR",
+              default="calib", show_default=True, help="Calibration manifests [env RTK_CALIB_DIR].")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Validate each model against FP32 on the 10,000 test images (onnxruntime, CPU).")
+@data_dir_option
+@runs_dir_option
+def quantize(depth: int, target: str, method: str, precision: str, fp16_only: bool, num_images: int, seed: int,
+             onnx_path: Path | None, out: Path | None, calib_dir: Path, verify: bool, data_dir: str | None,
+             runs_dir: str) -> None:
+    """Calibrate INT8 on CIFAR-10 training images and write QDQ models; or convert to FP16.
+
+    Each model is validated on the real test set and its figures stored beside it as <model>.json;
+    the calibration (images, data checksum, ranges, scales) goes to calib/ and is reused next time.
+    """
+    from rtk import quantize as stage
+    from rtk.pipeline import RunPaths, ensure_onnx, run_paths
+
+    precision = "fp16" if fp16_only else precision
+    targets = list(INT8_TARGETS) if target == ALL else [target]
+    methods = list(CALIBRATION_METHODS) if method == ALL else [method]
+    jobs: list[tuple[str, str, str]] = []  # (precision, target, method)
+    if precision in ("int8", ALL):
+        jobs += [("int8", t, m) for t in targets for m in methods]
+    if precision in ("fp16", ALL):
+        jobs.append(("fp16", "", ""))
+    if out is not None and len(jobs) > 1:
+        raise click.UsageError("--out names one file: choose one --target and --method, or --fp16")
+
+    paths = RunPaths(depth, onnx_path.parent) if onnx_path is not None else run_paths(depth, runs_dir)
+    source = onnx_path or ensure_onnx(paths, data_dir=data_dir)
+    written = []
+    for kind, flavour, calibration in jobs:
+        if kind == "fp16":
+            written.append(stage.convert_fp16(source, out or paths.fp16_onnx, data_dir=data_dir, verify=verify))
+            continue
+        default = paths.int8_onnx(flavour)
+        destination = out or (default if len(methods) == 1 else default.with_suffix(f".{calibration}.onnx"))
+        written.append(stage.quantize_int8(source, destination, target=flavour, method=calibration,
+                                           data_dir=data_dir, num_images=num_images, seed=seed,
+                                           calib_dir=calib_dir, verify=verify))
+    _print_summary(written, jobs)
+
+
+def _print_summary(written: list[Path], jobs: list[tuple[str, str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rtk.quantize import validation_path
+
+    folders = sorted({str(path.parent) for path in written})
+    table = Table(title=f"{', '.join(folders)} (test set, onnxruntime CPU)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("calibration")
+    for column in ("accuracy", "vs FP32", "top-1 agreement"):
+        table.add_column(column, justify="right")
+    for path, (_, _, method) in zip(written, jobs):
+        record = validation_path(path)
+        figures = json.loads(record.read_text()) if record.is_file() else None
+        cells = (["-", "-", "-"] if figures is None else
+                 [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}",
+                  f"{figures['top1_agreement_pct']:.2f}%"])
+        table.add_row(path.name, method or "-", *cells)
+    Console().print(table)
