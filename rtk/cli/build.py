@@ -1,0 +1,55 @@
+"""`rtk build`: the ONNX of a precision -> runs/resnet<depth>/model.<precision>.plan (TensorRT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rtk.build import PRECISIONS  # imports tensorrt only inside its functions
+from rtk.cli import main
+from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+
+
+@main.command()
+@click.option("--precision", type=click.Choice(PRECISIONS), required=True,
+              help="fp32: model.onnx; fp16: model.fp16.onnx; int8: model.int8.tensorrt.onnx (QDQ). "
+                   "The engine is strongly typed: its precision comes from that ONNX.")
+@depth_option()
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="ONNX to build from [default: the run's file for --precision, made by export / quantize "
+                   "if missing].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Engine to write [default: model.<precision>.plan beside the ONNX].")
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--opt-batch", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Batch the kernels are tuned for.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--workspace-mb", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Workspace memory pool limit.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="Builder optimization level (TensorRT's default is 3; 5 searches longest).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Timing cache read and updated by every build [default: RUNS_DIR/timing.cache].")
+@click.option("--tf32/--no-tf32", default=True, show_default=True,
+              help="Let FP32 layers use TF32 math (TensorRT's default; off for closer FP32 comparisons).")
+@data_dir_option
+@runs_dir_option
+def build(precision: str, depth: int, onnx_path: Path | None, out: Path | None, min_batch: int, opt_batch: int,
+          max_batch: int, workspace_mb: int, opt_level: int, timing_cache: Path | None, tf32: bool,
+          data_dir: str | None, runs_dir: str) -> None:
+    """Build a TensorRT engine, its sidecar (.plan.json) and its per-layer report (.layers.json).
+
+    Needs TensorRT and an NVIDIA GPU; without them it says so and exits 2 before making any input.
+    """
+    from rtk.build import build_engine, running_environment
+    from rtk.pipeline import ensure_onnx_for, run_paths
+
+    running_environment()  # fail before exporting or calibrating inputs for an engine that cannot be built
+    paths = run_paths(depth, runs_dir)
+    source = onnx_path or ensure_onnx_for(paths, precision, data_dir=data_dir)
+    written = build_engine(
+        source, out or source.parent / paths.engine(precision).name, precision=precision,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
+        optimization_level=opt_level, timing_cache=timing_cache or Path(runs_dir) / "timing.cache", tf32=tf32)
+    click.echo(str(written))
