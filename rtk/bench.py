@@ -19,6 +19,7 @@ What is timed is runner.infer() on normalized float32 input (preprocessing exclu
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shlex
@@ -49,7 +50,7 @@ BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 DEFAULT_BATCH_SIZES = {"cpu": (1, 32, 256), "cuda": (1, 256, 4096)}
 BUSY_LOAD = 0.5  # load average per usable core above which a CPU run is flagged as noisy
 MIN_ITERATIONS = 5  # per point in --duration mode, however slow a call is
-ACCURACY_BATCH = 500  # images per predict() call when measuring accuracy
+ACCURACY_BATCH = 256  # images per predict() call when measuring accuracy (a default timed batch size)
 SYNTHETIC_SEED = 0  # timing input: random uint8 images, normalized (content does not change speed)
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
             "cuda-python", "pycuda")
@@ -113,8 +114,9 @@ def _measure(call: Callable[[], float], plan: TimingPlan) -> list[float]:
     if plan.iterations is not None:
         return [call() for _ in range(plan.iterations)]
     latencies: list[float] = []
+    duration = plan.duration_s or 0.0
     start = time.perf_counter()
-    while len(latencies) < MIN_ITERATIONS or time.perf_counter() - start < plan.duration_s:
+    while len(latencies) < MIN_ITERATIONS or time.perf_counter() - start < duration:
         latencies.append(call())
     return latencies
 
@@ -135,7 +137,8 @@ def time_wall(runner: Runner, x: np.ndarray, plan: TimingPlan, synchronize: Call
 def time_cuda_events(work: DeviceWork, plan: TimingPlan) -> list[float]:
     """Latencies of work.enqueue() by CUDA events on its stream, synchronised after each call."""
     torch = require("torch")
-    stream = torch.cuda.ExternalStream(work.stream)
+    current = torch.cuda.current_stream()
+    stream = current if work.stream == current.cuda_stream else torch.cuda.ExternalStream(work.stream)
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def call() -> float:
@@ -300,7 +303,7 @@ def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, check
                 notes.append("bf16: TensorRT engines are built from FP32, FP16 or INT8 ONNX; no bf16 row")
                 continue
             engine = pipeline.ensure_engine(paths, precision, checkpoint, data_dir, log)
-            rows.append(Planned(f"tensorrt {precision}", lambda engine=engine: make_runner(engine), engine))
+            rows.append(Planned(f"tensorrt {precision}", functools.partial(make_runner, engine), engine))
         elif choice.backend == "torch":
             if precision == "int8":
                 notes.append("int8: torch has no INT8 path in rtk; use an ONNX or TensorRT backend")
@@ -354,14 +357,26 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_model() -> str:
+# Instruction sets that decide CPU inference speed: INT8 dot products (VNNI, AMX) and bf16 units.
+CPU_FEATURES = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The first value of `key` in /proc/cpuinfo (Linux), else None."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() == key), None)
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_features() -> list[str]:
+    flags = set((_cpuinfo("flags") or "").split())
+    return [feature for feature in CPU_FEATURES if feature in flags]
 
 
 def gpu_driver() -> str | None:
@@ -386,6 +401,7 @@ def environment(gpu: str | None, threads: int, load_before: float | None) -> dic
     env = provenance(*PACKAGES)
     env.update({
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "threads": threads,
@@ -399,6 +415,9 @@ def environment(gpu: str | None, threads: int, load_before: float | None) -> dic
         torch = require("torch")
         env["cuda"] = torch.version.cuda
         env["gpu_compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        # torch's FP32 convolutions may use TF32 (cuDNN's default), as TensorRT's FP32 layers do
+        env["torch_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        env["torch_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     return env
 
 
@@ -430,9 +449,17 @@ def _time_row(runner: Runner, row: Row, batch_size: int, plan: TimingPlan, synch
 
 
 def predictions(model: Model, images: np.ndarray) -> np.ndarray:
-    """Top-1 class of every image through Model.predict, ACCURACY_BATCH images per call."""
-    return np.concatenate([model.predict(images[i:i + ACCURACY_BATCH]).classes
-                           for i in range(0, len(images), ACCURACY_BATCH)])
+    """Top-1 class of every image through Model.predict, ACCURACY_BATCH images per call.
+
+    The last chunk is padded to ACCURACY_BATCH so every call has one shape: CUDA graphs and
+    torch.compile then reuse what the timing at batch 256 captured or compiled.
+    """
+    classes = []
+    for start in range(0, len(images), ACCURACY_BATCH):
+        chunk = images[start:start + ACCURACY_BATCH]
+        padded = np.concatenate([chunk, np.zeros((ACCURACY_BATCH - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        classes.append(model.predict(padded).classes[:len(chunk)])
+    return np.concatenate(classes)
 
 
 def _accuracy(rows: list[Row], models: list[Model], paths: RunPaths, config: BenchConfig,

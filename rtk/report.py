@@ -53,8 +53,9 @@ def _target(name: str, required: str, value: float | None, met: bool, detail: st
 
 def _throughput_ratio(name: str, row: dict | None, ref: dict | None, kind: str, batch: int,
                       need: float) -> dict[str, Any] | None:
-    a = _stats(row, kind, batch) if row else None
-    b = _stats(ref, kind, batch) if ref else None
+    if row is None or ref is None:
+        return None
+    a, b = _stats(row, kind, batch), _stats(ref, kind, batch)
     if a is None or b is None:
         return None
     ratio = a["throughput"] / b["throughput"]
@@ -69,8 +70,8 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     baseline = rows[0]
     targets: list[dict[str, Any] | None] = []
     if result["device"] == "cpu":
-        int8 = [r for r in rows if r["precision"] == "int8" and _stats(r, kind, CPU_BATCH)]
-        fastest = max(int8, key=lambda r: _stats(r, kind, CPU_BATCH)["throughput"], default=None)
+        int8 = [(r, s) for r in rows if r["precision"] == "int8" and (s := _stats(r, kind, CPU_BATCH))]
+        fastest = max(int8, key=lambda pair: pair[1]["throughput"], default=(None, None))[0]
         ort32, ort8 = _find(rows, "onnxruntime", "fp32"), _find(rows, "onnxruntime", "int8")
         targets += [
             _throughput_ratio("fastest INT8 CPU backend vs torch eager FP32", fastest, baseline, kind, CPU_BATCH, 8),
@@ -78,14 +79,14 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             _throughput_ratio("onnxruntime INT8 vs torch eager FP32", ort8, baseline, kind, CPU_BATCH, 3),
             _throughput_ratio("onnxruntime INT8 vs onnxruntime FP32", ort8, ort32, kind, CPU_BATCH, 1.8),
         ]
-        quick = [r for r in rows if r["precision"] == "int8" and _stats(r, kind, LATENCY_BATCH)]
-        best = min(quick, key=lambda r: _stats(r, kind, LATENCY_BATCH)["p50_ms"], default=None)
+        quick = [(r, s) for r in rows if r["precision"] == "int8" and (s := _stats(r, kind, LATENCY_BATCH))]
         base1 = _stats(baseline, kind, LATENCY_BATCH)
-        if best and base1:
-            ratio = _stats(best, kind, LATENCY_BATCH)["p50_ms"] / base1["p50_ms"]
+        if quick and base1:
+            best, best1 = min(quick, key=lambda pair: pair[1]["p50_ms"])
+            ratio = best1["p50_ms"] / base1["p50_ms"]
             targets.append(_target("batch-1 p50 latency, fastest INT8 vs torch eager FP32",
                                    f"<= {MAX_LATENCY_RATIO:g}x", ratio, ratio <= MAX_LATENCY_RATIO,
-                                   f"{best['name']} {_stats(best, kind, LATENCY_BATCH)['p50_ms']:.3f} ms vs "
+                                   f"{best['name']} {best1['p50_ms']:.3f} ms vs "
                                    f"{baseline['name']} {base1['p50_ms']:.3f} ms"))
     elif result["model"]["depth"] == 20:
         trt8 = _find(rows, "tensorrt", "int8")
@@ -185,8 +186,9 @@ def _setup_lines(result: dict[str, Any]) -> list[str]:
     load = env.get("load_average_before")
     return [
         f"- backend: {choice['backend']} on {result['device']} ({choice['reason']})",
-        (f"- CPU: {env['cpu']}, {env['cpu_cores']} cores ({env['usable_cores']} usable), {result['threads']} "
-        f"threads, load average {_fmt(load, '.1f')} before timing"),
+        (f"- CPU: {env['cpu']} ({' '.join(env.get('cpu_features', [])) or 'features unknown'}), "
+         f"{env['cpu_cores']} cores ({env['usable_cores']} usable), {result['threads']} threads, "
+         f"load average {_fmt(load, '.1f')} before timing"),
         f"- GPU: {gpu}",
         f"- timing: {timing}; {cfg['timing_input']}",
         f"- versions: {versions}; rtk {env['rtk']}, git {env['git']}, Python {env['python']}",

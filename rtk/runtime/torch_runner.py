@@ -65,7 +65,8 @@ class TorchRunner(Runner):
                           "metrics": ckpt.get("metrics", {})}
         self._dtype = getattr(torch, DTYPES[self.precision])
         self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self._model = model.to(self._device, self._dtype, memory_format=self._memory_format)
+        # Module.to takes memory_format at run time; torch's type stubs do not list it
+        self._model = model.to(self._device, self._dtype, memory_format=self._memory_format)  # type: ignore[call-overload]
         self._forward = torch.compile(self._model, mode="max-autotune", dynamic=False) if self.mode == "compile" else self._model
         self._torch = torch
 
@@ -84,12 +85,13 @@ class TorchRunner(Runner):
             static_in = torch.zeros((batch_size, 3, 32, 32), device=self._device, dtype=self._dtype)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.inference_mode(), torch.cuda.stream(side):
+            # no_grad rather than inference_mode: the static buffers are written outside it later
+            with torch.no_grad(), torch.cuda.stream(side):
                 for _ in range(GRAPH_WARMUP_CALLS):
                     self._model(static_in)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
+            with torch.no_grad(), torch.cuda.graph(graph):
                 static_out = self._model(static_in)
             self._graphs[batch_size] = (graph, static_in, static_out)
         return self._graphs[batch_size]
