@@ -178,6 +178,7 @@ def test_bench_int8_on_cpu_end_to_end(bench_run):
     assert env["cpu"] and env["usable_cores"] >= 1 and env["packages"]["onnxruntime"] and env["git"]
     assert isinstance(env["command"], str) and env["command"]
     assert (out / "bench.md").is_file() and (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "backend: openvino on cpu (auto: no CUDA device" in bench_run["result"].stderr
     stdout = bench_run["result"].stdout
     assert "torch eager fp32 (baseline)" in stdout and "Accuracy" in stdout and str(out / "bench.json") in stdout
 

@@ -244,7 +244,7 @@ def test_runtime_top1_equals_what_bench_measured(bench_run, artifacts, cifar_dir
     test_images, labels = data.load_test_set(cifar_dir)
     measured = {row["name"]: row["accuracy"]["top1"] for row in bench_run["json"]["rows"]}
     for precision, name in (("fp32", "onnxruntime fp32"), ("int8", "onnxruntime int8")):
-        model = rtk.runtime.load(artifacts[precision], backend="onnxruntime", threads=1)
+        model = rtk.runtime.load(artifacts[precision], backend="onnxruntime")
         top1 = 100.0 * float(np.mean(model.predict(test_images).classes == labels))
         assert top1 == pytest.approx(measured[name], abs=1e-9), name
 
@@ -262,3 +262,130 @@ print("torch loaded:", "torch" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert "torch loaded: False" in out
+
+
+# ---------------------------------------------------------------- TensorRT runner plumbing, no GPU
+# A stand-in engine and device memory exercise what TensorRTRunner itself does (per-thread contexts,
+# buffers sized for the profile, shapes, copies, clean-up); it says nothing about TensorRT's results.
+
+
+class FakeCuda:
+    """Device memory as numpy buffers keyed by fake pointers; the interface of tensorrt_runner.CudaPython."""
+
+    def __init__(self) -> None:
+        self.memory: dict[int, np.ndarray] = {}
+        self.streams: set[int] = set()
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def _handle(self) -> int:
+        with self._lock:
+            self._next += 1
+            return self._next
+
+    def malloc(self, nbytes: int) -> int:
+        pointer = self._handle()
+        self.memory[pointer] = np.zeros(nbytes // 4, np.float32)
+        return pointer
+
+    def free(self, pointer: int) -> None:
+        del self.memory[pointer]
+
+    def stream(self) -> int:
+        handle = self._handle()
+        self.streams.add(handle)
+        return handle
+
+    def destroy_stream(self, stream: int) -> None:
+        self.streams.remove(stream)
+
+    def to_device(self, pointer: int, array: np.ndarray, stream: int) -> None:
+        self.memory[pointer][:array.size] = array.ravel()
+
+    def to_host(self, array: np.ndarray, pointer: int, stream: int) -> None:
+        array[...] = self.memory[pointer][:array.size].reshape(array.shape)
+
+    def synchronize(self, stream: int) -> None:
+        assert stream in self.streams
+
+    def enter_thread(self) -> None:
+        return None
+
+
+class FakeContext:
+    """logits = FakeRunner's function of the input, read from and written to FakeCuda memory."""
+
+    def __init__(self, cuda: FakeCuda, contexts: list) -> None:
+        self.cuda, self.addresses, self.shape = cuda, {}, None
+        contexts.append(self)
+
+    def set_tensor_address(self, name: str, pointer: int) -> None:
+        self.addresses[name] = pointer
+
+    def set_input_shape(self, name: str, shape: tuple) -> bool:
+        self.shape = shape
+        return name == INPUT_NAME
+
+    def execute_async_v3(self, stream: int) -> bool:
+        n = self.shape[0]
+        x = self.cuda.memory[self.addresses[INPUT_NAME]][:n * 3 * 32 * 32].reshape(n, 3, 32, 32)
+        logits = FakeRunner().infer({INPUT_NAME: x})[OUTPUT_NAME]
+        self.cuda.memory[self.addresses[OUTPUT_NAME]][:logits.size] = logits.ravel()
+        return True
+
+
+@pytest.fixture
+def fake_tensorrt(tmp_path, monkeypatch):
+    """(engine path, FakeCuda, list of the contexts created) with tensorrt, cuda and the checks faked."""
+    import types
+
+    from rtk import build
+    from rtk.runtime import tensorrt_runner
+
+    cuda, contexts = FakeCuda(), []
+    engine = types.SimpleNamespace(create_execution_context=lambda: FakeContext(cuda, contexts))
+    runtime = types.SimpleNamespace(deserialize_cuda_engine=lambda plan: engine)
+    fake = types.SimpleNamespace(Logger=lambda severity: None, Runtime=lambda logger: runtime)
+    fake.Logger.WARNING = "warning"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda: cuda)
+    plan = tmp_path / "model.fp16.plan"
+    sidecar = write_fake_engine(plan, precision="fp16", profile=(1, 2, 4))
+    monkeypatch.setattr(build, "load_engine_checked", lambda path: (plan.read_bytes(), sidecar))
+    return plan, cuda, contexts
+
+
+def test_tensorrt_runner_splits_copies_and_frees(fake_tensorrt):
+    plan, cuda, contexts = fake_tensorrt
+    x = images(10)
+    with rtk.runtime.load(plan) as model:
+        assert (model.backend, model.precision, model.runner.max_batch) == ("tensorrt", "fp16", 4)
+        np.testing.assert_allclose(model.logits(x), Model(FakeRunner()).logits(x), rtol=1e-6)
+        assert len(contexts) == 1 and contexts[0].shape == (2, 3, 32, 32)  # 10 = 4 + 4 + 2
+        assert cuda.memory[contexts[0].addresses[INPUT_NAME]].size == 4 * 3 * 32 * 32  # sized for max 4
+        work = model.runner.device_work(3)
+        work.enqueue()
+        assert contexts[0].shape == (3, 3, 32, 32) and work.stream in cuda.streams
+        with pytest.raises(RtkError, match="outside the engine's profile 1..4"):
+            model.runner.infer({INPUT_NAME: normalize_uint8_nhwc(images(5))})
+    assert cuda.memory == {} and cuda.streams == set()  # every buffer and stream released
+
+
+def test_tensorrt_runner_gives_each_thread_its_own_context(fake_tensorrt):
+    plan, _, contexts = fake_tensorrt
+    model = rtk.runtime.load(plan)
+    batches = [images(3, seed) for seed in range(4)]
+    expected = [model.predict(b).classes for b in batches]
+    results: dict[int, bool] = {}
+
+    def worker(i: int) -> None:
+        results[i] = all(np.array_equal(model.predict(batches[i]).classes, expected[i]) for _ in range(20))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: True, 1: True, 2: True, 3: True}
+    assert len(contexts) == 5  # the main thread's and one per worker thread
+    model.close()
