@@ -49,6 +49,8 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 DEFAULT_BATCH_SIZES = {"cpu": (1, 32, 256), "cuda": (1, 256, 4096)}
 BUSY_LOAD = 0.5  # load average per usable core above which a CPU run is flagged as noisy
+# Profile max of an engine bench builds: rtk build's default, raised to the largest benchmarked batch.
+ENGINE_MAX_BATCH = 1024
 MIN_ITERATIONS = 5  # per point in --duration mode, however slow a call is
 ACCURACY_BATCH = 256  # images per predict() call when measuring accuracy (a default timed batch size)
 SYNTHETIC_SEED = 0  # timing input: random uint8 images, normalized (content does not change speed)
@@ -261,7 +263,7 @@ class Planned:
 
 
 def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, checkpoint: Path,
-              log: Log) -> tuple[list[Planned], list[str]]:
+              batch_sizes: tuple[int, ...], log: Log) -> tuple[list[Planned], list[str]]:
     """The runners to measure (baseline first) and notes on precisions a backend skips.
 
     Missing artifacts are produced here through rtk.pipeline.
@@ -302,7 +304,8 @@ def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, check
             if precision == "bf16":
                 notes.append("bf16: TensorRT engines are built from FP32, FP16 or INT8 ONNX; no bf16 row")
                 continue
-            engine = pipeline.ensure_engine(paths, precision, checkpoint, data_dir, log)
+            engine = pipeline.ensure_engine(paths, precision, checkpoint, data_dir, log,
+                                            max_batch=max(ENGINE_MAX_BATCH, *batch_sizes))
             rows.append(Planned(f"tensorrt {precision}", functools.partial(make_runner, engine), engine))
         elif choice.backend == "torch":
             if precision == "int8":
@@ -501,7 +504,7 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
     batch_sizes = tuple(config.batch_sizes or DEFAULT_BATCH_SIZES[choice.device])
     paths = pipeline.run_paths(config.depth, config.runs_dir)
     checkpoint = pipeline.ensure_checkpoint(paths, config.checkpoint, log)
-    planned, notes = plan_rows(choice, config, paths, checkpoint, log)
+    planned, notes = plan_rows(choice, config, paths, checkpoint, batch_sizes, log)
 
     load_before = load_average()
     if choice.device == "cpu" and load_before is not None and load_before > BUSY_LOAD * usable_cores():

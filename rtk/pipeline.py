@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rtk.errors import RtkError
 from rtk.log import info
@@ -138,7 +139,8 @@ def ensure_onnx_for(paths: RunPaths, precision: str, checkpoint: Path | None = N
 
 
 def ensure_engine(paths: RunPaths, precision: str, checkpoint: Path | None = None,
-                  data_dir: str | None = None, log: Log = info) -> Path:
+                  data_dir: str | None = None, log: Log = info, **build_options: Any) -> Path:
+    """The engine of `precision`; a missing one is built with `build_options` (e.g. max_batch)."""
     out = paths.engine(precision)
     if out.is_file():
         return out
@@ -146,7 +148,7 @@ def ensure_engine(paths: RunPaths, precision: str, checkpoint: Path | None = Non
     log(f"{out} is missing: building a {precision} TensorRT engine from {onnx_path}")
     from rtk import build
 
-    return build.build_engine(onnx_path, out, precision=precision, log=log)
+    return build.build_engine(onnx_path, out, precision=precision, log=log, **build_options)
 
 
 def ensure_deploy_source(paths: RunPaths, precision: str, kind: str, checkpoint: Path | None = None,

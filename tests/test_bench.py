@@ -155,6 +155,38 @@ def test_cli_without_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
     assert "rtk train --depth 20" in result.stderr and "Traceback" not in result.output
 
 
+# ---------------------------------------------------------------- planning rows (nothing runs)
+
+
+def test_plan_on_a_gpu_has_the_torch_variants_and_engines_for_every_batch(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(bench.pipeline, "ensure_engine",
+                        lambda paths, precision, *args, **options: built.append((precision, options))
+                        or paths.engine(precision))
+    paths = bench.pipeline.run_paths(20, tmp_path)
+    choice = bench.BackendChoice("tensorrt", "cuda", "test")
+    rows, notes = bench.plan_rows(choice, bench.BenchConfig(precisions=("bf16", "int8")), paths,
+                                  tmp_path / "checkpoint.pt", (1, 256, 4096), lambda message: None)
+    assert [row.key for row in rows] == [
+        "torch eager fp32 False", "torch eager fp16 True", "torch cuda_graph fp32 False",
+        "torch compile fp16 True", "tensorrt int8"]
+    assert built == [("int8", {"max_batch": 4096})]  # the engine's profile reaches the largest batch
+    assert notes and notes[0].startswith("bf16:")
+    config = bench.BenchConfig(precisions=("fp32",), torch_compile=False)
+    rows, _ = bench.plan_rows(choice, config, paths, tmp_path / "c.pt", (1, 8), lambda message: None)
+    assert "torch compile fp16 True" not in [row.key for row in rows]
+    assert built[-1] == ("fp32", {"max_batch": bench.ENGINE_MAX_BATCH})
+
+
+def test_plan_for_torch_alone_notes_that_int8_has_no_torch_path(tmp_path):
+    paths = bench.pipeline.run_paths(20, tmp_path)
+    rows, notes = bench.plan_rows(bench.BackendChoice("torch", "cpu", "test"),
+                                  bench.BenchConfig(precisions=("fp32", "bf16", "int8")), paths,
+                                  tmp_path / "checkpoint.pt", (1,), lambda message: None)
+    assert [row.key for row in rows] == ["torch eager fp32 False", "torch eager bf16 False"]
+    assert notes == ["int8: torch has no INT8 path in rtk; use an ONNX or TensorRT backend"]
+
+
 # ---------------------------------------------------------------- end to end on the CPU
 
 
