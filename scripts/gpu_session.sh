@@ -51,7 +51,7 @@ checkpoint.save(sys.argv[1], ResNet(56), split={}, recipe={'note': 'untrained, f
 # torch.compile rows are left out: max-autotune takes minutes per shape, more than the lease holds.
 step bench20 60 python -m rtk bench --backend torch --precision all --depth 20 --no-torch-compile \
   --checkpoint "$res/resnet20/checkpoint.pt" --out "$res/bench20" "${bench_len[@]}"
-step bench56 45 python -m rtk bench --backend torch --precision all --depth 56 --no-accuracy --no-torch-compile \
+step bench56 90 python -m rtk bench --backend torch --precision all --depth 56 --no-accuracy --no-torch-compile \
   --checkpoint "$res/resnet56-untrained.pt" --out "$res/bench56" "${bench_len[@]}"
 step bench_train 90 python scripts/bench_train.py "${step_args[@]}" --out "$res/bench_train_$device.json"
 step gpu_tests 20 python -m pytest -q -p no:cacheprovider -m gpu tests/test_data.py
