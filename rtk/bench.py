@@ -55,7 +55,7 @@ MIN_ITERATIONS = 5  # per point in --duration mode, however slow a call is
 ACCURACY_BATCH = 256  # images per predict() call when measuring accuracy (a default timed batch size)
 SYNTHETIC_SEED = 0  # timing input: random uint8 images, normalized (content does not change speed)
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
-            "cuda-python", "pycuda")
+            "cuda-python", "cuda-bindings", "pycuda")
 TIMING_KINDS = {
     "wall": "CPU wall clock (time.perf_counter) per infer() call",
     "compute": "CUDA events around the enqueued work; input and output resident on the GPU",
@@ -421,6 +421,8 @@ def environment(gpu: str | None, threads: int, load_before: float | None) -> dic
         # torch's FP32 convolutions may use TF32 (cuDNN's default), as TensorRT's FP32 layers do
         env["torch_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
         env["torch_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    if installed("tensorrt"):  # the wheel may be named tensorrt-cu12 / -cu13: ask the module itself
+        env["tensorrt"] = require("tensorrt", "gpu").__version__
     return env
 
 

@@ -178,7 +178,8 @@ def _markdown_table(header: list[str], lines: list[list[str]]) -> str:
 
 def _setup_lines(result: dict[str, Any]) -> list[str]:
     env, cfg = result["environment"], result["config"]
-    versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    versions = ", ".join([f"{k} {v}" for k, v in env["packages"].items() if v]
+                         + ([f"TensorRT {env['tensorrt']}"] if env.get("tensorrt") else []))
     gpu = f"{env['gpu']} (driver {env['gpu_driver']}, CUDA {env.get('cuda')})" if env["gpu"] else "none"
     timing = (f"{cfg['iterations']} calls" if cfg["iterations"] else f"{cfg['duration_s']:g} s "
               f"(at least {cfg['min_iterations']} calls)") + f" per point after {cfg['warmup_s']:g} s warm-up"
