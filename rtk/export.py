@@ -20,11 +20,11 @@ What torch 2.13's exporter emits (dynamo, optimize=True, opset 20), measured for
 Conv (BN folded: new weights plus a bias initializer), Relu, Add, 2 Slice + 1 Pad per shortcut
 (Slice: starts 0, ends INT64_MAX, one axis each, step 2; Pad: constant mode, pads
 [0, p, 0, 0, 0, p, 0, 0], no constant_value input), ReduceMean over H, W (keepdims) for the
-global pool, Reshape [-1, 64], Gemm. With optimize=False the same export has 19 unfolded
-BatchNormalization nodes and Shape/Expand/Cast/Concat chains: the onnxscript optimizer that
-optimize=True runs constant-folds those and fuses BN into Conv. graph_report checks that this
-happened, so another torch/onnxscript version that stops doing it fails loudly instead of
-shipping a slower graph.
+global pool, Reshape [-1, 64], Gemm. With optimize=False the same export has unfolded
+BatchNormalization nodes (19 in ResNet-20) and Shape/Expand/Cast/Concat chains: the onnxscript
+optimizer that optimize=True runs constant-folds those and fuses BN into Conv. graph_report
+checks that this happened, so another torch/onnxscript version that stops doing it fails loudly
+instead of shipping a slower graph.
 """
 
 from __future__ import annotations
