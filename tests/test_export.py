@@ -341,7 +341,7 @@ def test_cli_on_real_test_images(cifar_dir, tmp_path):
 
 def test_missing_checkpoint(tmp_path):
     assert_one_line_error(*invoke("export", "--checkpoint", str(tmp_path / "nope.pt")), "not found")
-    assert_one_line_error(*invoke("export", "--depth", "20", "--runs-dir", str(tmp_path)), "no checkpoint")
+    assert_one_line_error(*invoke("export", "--depth", "8", "--runs-dir", str(tmp_path)), "no checkpoint")
 
 
 def test_corrupt_checkpoint(tmp_path):
