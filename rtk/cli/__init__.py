@@ -47,17 +47,6 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    # Each module adds its command(s) to `main`; importing them is cheap (no heavy imports).
-    from rtk.cli import arch  # noqa: F401
-    import importlib
-
-    for name in ("data", "train", "export", "quantize", "build", "bench", "deploy", "info"):
-        try:
-            importlib.import_module(f"rtk.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"rtk.cli.{name}":
-                raise
-
-
-_register()
+# Each module adds its command(s) to `main`; importing them is cheap (no heavy imports).
+# Imported last because they import `main` from here.
+from rtk.cli import arch, bench, build, data, deploy, export, info, quantize, train  # noqa: E402, F401
