@@ -136,6 +136,15 @@ assert tuple(FLAVOURS) == INT8_TARGETS
 CALIBRATED_OP_TYPES = tuple(sorted({op for flavour in FLAVOURS.values() for op in flavour.op_types}))
 
 
+class AccuracyDropError(RtkError):
+    """A model lost more test accuracy against FP32 than allowed, so it was not written; `figures`
+    holds its validation figures."""
+
+    def __init__(self, message: str, figures: dict[str, Any]):
+        super().__init__(message)
+        self.figures = figures
+
+
 def default_calib_dir() -> Path:
     return Path(os.environ.get("RTK_CALIB_DIR", "calib"))
 
@@ -192,7 +201,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
             log(f"moved Q/DQ off the conv branch of {cut} residual Adds (shortcut input only)")
         calibration = {"manifest": manifest_path.as_posix(), "method": method,
                        "num_images": num_images, "seed": seed}
-        _set_rtk_metadata(onnx, model, precision="int8", int8_target=target, calibration=calibration)
+        _set_rtk_metadata(onnx, model, onnx_path, precision="int8", int8_target=target, calibration=calibration)
         onnx.save(model, tmp)
         _validate_into(tmp, out, onnx_path, "int8", data_dir, verify, max_drop, log)
 
@@ -213,7 +222,7 @@ def convert_fp16(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     _fp32_metadata(onnx_path)
     log(f"converting {onnx_path} to FP16 (inputs and outputs stay FP32)")
     model = float16.convert_float_to_float16(load_onnx(onnx_path), keep_io_types=True)
-    _set_rtk_metadata(onnx, model, precision="fp16")
+    _set_rtk_metadata(onnx, model, onnx_path, precision="fp16")
     with atomic_path(out) as tmp:
         onnx.save(model, tmp)
         _validate_into(tmp, out, onnx_path, "fp16", data_dir, verify, max_drop, log)
@@ -414,9 +423,9 @@ def _fp32_metadata(onnx_path: Path) -> dict[str, Any]:
     return meta
 
 
-def _set_rtk_metadata(onnx: Any, model: Any, **fields: Any) -> None:
-    """Keep the FP32 model's metadata (copied by the converters) and set `fields` over it."""
-    props = {prop.key: prop.value for prop in model.metadata_props}
+def _set_rtk_metadata(onnx: Any, model: Any, source: Path, **fields: Any) -> None:
+    """The metadata of the FP32 model at `source`, every key as it is, with `fields` set over it."""
+    props = {prop.key: prop.value for prop in load_onnx(source, load_weights=False).metadata_props}
     onnx.helper.set_model_props(model, {**props, **encode_metadata(fields)})
 
 
@@ -435,10 +444,10 @@ def _validate_into(model_path: Path, out: Path, reference: Path, precision: str,
     log(f"{out.name}: test accuracy {report['accuracy_pct']:.2f}% (FP32 "
         f"{report['reference_accuracy_pct']:.2f}%, {report['delta_pct']:+.2f} points), top-1 "
         f"agreement {report['top1_agreement_pct']:.2f}% on {report['test_images']} images")
-    if report["delta_pct"] < -limit:
-        raise RtkError(f"{out.name} loses {-report['delta_pct']:.2f} points of test accuracy against "
-                       f"FP32 (more than {limit}); not written")
     report["max_drop_pct"] = limit
+    if report["delta_pct"] < -limit:
+        raise AccuracyDropError(f"{out.name} loses {-report['delta_pct']:.2f} points of test accuracy "
+                                f"against FP32 (more than {limit}); not written", report)
     write_text_atomic(record, json.dumps(report, indent=2) + "\n")
 
 

@@ -256,9 +256,10 @@ def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_on
                        "model": out.name, "reference": fp32_onnx.name, "max_drop_pct": 100.0}
 
     refused = tmp_path / "refused"
-    with pytest.raises(RtkError, match="not written"):  # must gain 50 points over FP32: impossible
+    with pytest.raises(quantize.AccuracyDropError, match="not written") as raised:  # must gain 50 points: impossible
         quantize.convert_fp16(fp32_onnx, refused / "model.fp16.onnx", max_drop=-50.0, log=lambda _: None)
     assert not list(refused.iterdir())
+    assert raised.value.figures["max_drop_pct"] == -50.0 and raised.value.figures["test_images"] == 2000
 
 
 def test_bad_requests_are_one_clear_error(fp32_onnx, tmp_path):
@@ -334,3 +335,24 @@ def test_trained_model_loses_little_in_int8_and_fp16(trained_onnx, tmp_path):
     assert deltas["fp16"]["reference_accuracy_pct"] > 40  # it learned something
     assert deltas["tensorrt"]["delta_pct"] >= -0.5 and deltas["cpu"]["delta_pct"] >= -0.5, deltas
     assert deltas["fp16"]["delta_pct"] >= -0.1, deltas
+
+
+def test_cli_reports_a_refused_model_and_goes_on(fp32_onnx, tmp_path, monkeypatch):
+    def quantize_int8(onnx_path, out, *, target, method, **options):
+        if method == "entropy":
+            raise quantize.AccuracyDropError(f"{out.name} loses 2.19 points", {
+                "accuracy_pct": 90.02, "delta_pct": -2.19, "top1_agreement_pct": 94.75})
+        out.write_bytes(b"written")
+        return out
+
+    monkeypatch.setattr(quantize, "quantize_int8", quantize_int8)
+    source = tmp_path / "model.onnx"
+    source.write_bytes(fp32_onnx.read_bytes())
+    result = CliRunner().invoke(main, ["quantize", "--onnx", str(source), "--target", "cpu", "--method", "all",
+                                       "--no-verify"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == \
+        "error: not written, too much accuracy lost against FP32: model.int8.cpu.entropy.onnx"
+    assert "90.02%" in result.output and "-2.19" in result.output
+    assert (tmp_path / "model.int8.cpu.minmax.onnx").is_file()
+    assert (tmp_path / "model.int8.cpu.percentile.onnx").is_file()

@@ -9,6 +9,7 @@ import click
 
 from rtk.cli import main
 from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.errors import RtkError
 from rtk.pipeline import CALIBRATION_METHODS, INT8_TARGETS
 
 ALL = "all"
@@ -64,36 +65,44 @@ def quantize(depth: int, target: str, method: str, precision: str, fp16_only: bo
 
     paths = RunPaths(depth, onnx_path.parent) if onnx_path is not None else run_paths(depth, runs_dir)
     source = onnx_path or ensure_onnx(paths, data_dir=data_dir)
-    written = []
+    rows = []  # (file, method, validation figures or None, written)
     for kind, flavour, calibration in jobs:
         if kind == "fp16":
-            written.append(stage.convert_fp16(source, out or paths.fp16_onnx, data_dir=data_dir, verify=verify))
+            destination = out or paths.fp16_onnx
+        else:
+            default = paths.int8_onnx(flavour)
+            destination = out or (default if len(methods) == 1 else default.with_suffix(f".{calibration}.onnx"))
+        try:
+            if kind == "fp16":
+                stage.convert_fp16(source, destination, data_dir=data_dir, verify=verify)
+            else:
+                stage.quantize_int8(source, destination, target=flavour, method=calibration, data_dir=data_dir,
+                                    num_images=num_images, seed=seed, calib_dir=calib_dir, verify=verify)
+        except stage.AccuracyDropError as exc:  # the others still run: --method all is for comparing
+            rows.append((destination, calibration, exc.figures, False))
             continue
-        default = paths.int8_onnx(flavour)
-        destination = out or (default if len(methods) == 1 else default.with_suffix(f".{calibration}.onnx"))
-        written.append(stage.quantize_int8(source, destination, target=flavour, method=calibration,
-                                           data_dir=data_dir, num_images=num_images, seed=seed,
-                                           calib_dir=calib_dir, verify=verify))
-    _print_summary(written, jobs)
+        record = stage.validation_path(destination)
+        rows.append((destination, calibration, json.loads(record.read_text()) if record.is_file() else None, True))
+    _print_summary(rows)
+    refused = [path.name for path, _, _, written in rows if not written]
+    if refused:
+        raise RtkError(f"not written, too much accuracy lost against FP32: {', '.join(refused)}")
 
 
-def _print_summary(written: list[Path], jobs: list[tuple[str, str, str]]) -> None:
+def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rtk.quantize import validation_path
-
-    folders = sorted({str(path.parent) for path in written})
+    folders = sorted({str(path.parent) for path, *_ in rows})
     table = Table(title=f"{', '.join(folders)} (test set, onnxruntime CPU)")
     table.add_column("model", no_wrap=True)
     table.add_column("calibration")
     for column in ("accuracy", "vs FP32", "top-1 agreement"):
         table.add_column(column, justify="right")
-    for path, (_, _, method) in zip(written, jobs):
-        record = validation_path(path)
-        figures = json.loads(record.read_text()) if record.is_file() else None
+    table.add_column("written")
+    for path, method, figures, written in rows:
         cells = (["-", "-", "-"] if figures is None else
                  [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}",
                   f"{figures['top1_agreement_pct']:.2f}%"])
-        table.add_row(path.name, method or "-", *cells)
+        table.add_row(path.name, method or "-", *cells, "yes" if written else "no", style=None if written else "red")
     Console().print(table)
