@@ -5,8 +5,8 @@ The only module in rtk that times anything. One run:
      backend installed) and the rows to measure; the torch FP32 eager baseline is always one of them
      (on CUDA also FP16 channels_last, CUDA graphs and torch.compile);
   2. produces missing artifacts through rtk.pipeline (export, quantize, build);
-  3. times every row back to back at each batch size (batch-size-major order, so drift of the
-     machine hits all rows of one batch size alike), warm-up excluded;
+  3. times the rows of each batch size interleaved: after every row's warm-up (excluded), ROUNDS
+     slices that alternate between the rows, so a change in the machine's load hits all alike;
   4. measures top-1 of every row on the CIFAR-10 test set through rtk.runtime.Model.predict (the
      path apps use), with agreement against the baseline's predictions.
 
@@ -52,6 +52,7 @@ BUSY_LOAD = 0.5  # load average per usable core above which a CPU run is flagged
 # Profile max of an engine bench builds: rtk build's default, raised to the largest benchmarked batch.
 ENGINE_MAX_BATCH = 1024
 MIN_ITERATIONS = 5  # per point in --duration mode, however slow a call is
+ROUNDS = 3  # timed slices per row and batch size, alternating between the rows
 ACCURACY_BATCH = 256  # images per predict() call when measuring accuracy (a default timed batch size)
 SYNTHETIC_SEED = 0  # timing input: random uint8 images, normalized (content does not change speed)
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
@@ -107,24 +108,8 @@ class TimingPlan:
             raise RtkError("give a duration or an iteration count, not both")
 
 
-def _measure(call: Callable[[], float], plan: TimingPlan) -> list[float]:
-    """Run `call` (returns one latency in seconds) through warm-up, then collect latencies."""
-    start = time.perf_counter()
-    call()
-    while time.perf_counter() - start < plan.warmup_s:
-        call()
-    if plan.iterations is not None:
-        return [call() for _ in range(plan.iterations)]
-    latencies: list[float] = []
-    duration = plan.duration_s or 0.0
-    start = time.perf_counter()
-    while len(latencies) < MIN_ITERATIONS or time.perf_counter() - start < duration:
-        latencies.append(call())
-    return latencies
-
-
-def time_wall(runner: Runner, x: np.ndarray, plan: TimingPlan, synchronize: Callable[[], None]) -> list[float]:
-    """Latencies of runner.infer(x) by the wall clock; `synchronize` drains pending GPU work first."""
+def wall_clock_call(runner: Runner, x: np.ndarray) -> Callable[[], float]:
+    """One runner.infer(x), timed by the wall clock (infer returns with the outputs on the host)."""
     feed = {INPUT_NAME: x}
 
     def call() -> float:
@@ -132,12 +117,11 @@ def time_wall(runner: Runner, x: np.ndarray, plan: TimingPlan, synchronize: Call
         runner.infer(feed)
         return time.perf_counter() - begin
 
-    synchronize()
-    return _measure(call, plan)
+    return call
 
 
-def time_cuda_events(work: DeviceWork, plan: TimingPlan) -> list[float]:
-    """Latencies of work.enqueue() by CUDA events on its stream, synchronised after each call."""
+def cuda_event_call(work: DeviceWork) -> Callable[[], float]:
+    """One work.enqueue(), timed by CUDA events on its stream and synchronised before returning."""
     torch = require("torch")
     current = torch.cuda.current_stream()
     stream = current if work.stream == current.cuda_stream else torch.cuda.ExternalStream(work.stream)
@@ -150,8 +134,29 @@ def time_cuda_events(work: DeviceWork, plan: TimingPlan) -> list[float]:
         end.synchronize()
         return begin.elapsed_time(end) / 1e3  # elapsed_time is in ms
 
-    torch.cuda.synchronize()
-    return _measure(call, plan)
+    return call
+
+
+def measure_interleaved(calls: Sequence[Callable[[], float]], plan: TimingPlan) -> list[list[float]]:
+    """Latencies (seconds) of each timed call, after its warm-up, in ROUNDS slices that alternate
+    between the calls: a change in the machine's load during the run then hits every row alike."""
+    for call in calls:
+        start = time.perf_counter()
+        call()
+        while time.perf_counter() - start < plan.warmup_s:
+            call()
+    latencies: list[list[float]] = [[] for _ in calls]
+    min_calls = -(-MIN_ITERATIONS // ROUNDS)  # per slice, rounded up
+    for index in range(ROUNDS):
+        for call, taken in zip(calls, latencies):
+            if plan.iterations is not None:  # split exactly: 7 calls in 3 rounds -> 3, 2, 2
+                taken.extend(call() for _ in range(plan.iterations // ROUNDS + (index < plan.iterations % ROUNDS)))
+                continue
+            start, made = time.perf_counter(), 0
+            while made < min_calls or time.perf_counter() - start < (plan.duration_s or 0.0) / ROUNDS:
+                taken.append(call())
+                made += 1
+    return latencies
 
 
 # ---------------------------------------------------------------- rows and their results
@@ -392,14 +397,19 @@ def gpu_driver() -> str | None:
 
 
 def load_average() -> float | None:
-    """The 1-minute load average: other work on the machine skews CPU timings."""
+    """The 1-minute load average, rounded to 0.1: other work on the machine skews CPU timings."""
     try:
-        return os.getloadavg()[0]
+        return round(os.getloadavg()[0], 1)
     except OSError:
         return None
 
 
-def environment(gpu: str | None, threads: int, load_before: float | None) -> dict[str, Any]:
+def _busy(choice: BackendChoice, load: float | None) -> bool:
+    return choice.device == "cpu" and load is not None and load > BUSY_LOAD * usable_cores()
+
+
+def environment(gpu: str | None, threads: int, load_before: float | None,
+                load_after: float | None) -> dict[str, Any]:
     """What a reader needs to judge the numbers: CPU, cores, load, GPU, driver, versions, git, command."""
     env = provenance(*PACKAGES)
     env.update({
@@ -409,7 +419,7 @@ def environment(gpu: str | None, threads: int, load_before: float | None) -> dic
         "usable_cores": usable_cores(),
         "threads": threads,
         "load_average_before": load_before,
-        "load_average_after": load_average(),
+        "load_average_after": load_after,  # when timing ended
         "gpu": gpu,
         "gpu_driver": gpu_driver() if gpu else None,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -441,16 +451,20 @@ def _timing_input(batch_size: int) -> np.ndarray:
     return normalize_uint8_nhwc(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
 
 
-def _time_row(runner: Runner, row: Row, batch_size: int, plan: TimingPlan, synchronize: Callable[[], None]) -> None:
-    if runner.max_batch is not None and batch_size > runner.max_batch:
-        row.skipped_batch_sizes.append(batch_size)
-        return
-    kind = "wall" if runner.device == "cpu" else "end_to_end"
-    row.timings.setdefault(kind, []).append(
-        latency_stats(time_wall(runner, _timing_input(batch_size), plan, synchronize), batch_size))
-    work = runner.device_work(batch_size)
-    if work is not None:
-        row.timings.setdefault("compute", []).append(latency_stats(time_cuda_events(work, plan), batch_size))
+def _probes(rows: list[Row], models: list[Model], batch_size: int) -> list[tuple[Row, str, Callable[[], float]]]:
+    """(row, timing kind, timed call) of every row that takes `batch_size`; the others note a skip."""
+    probes = []
+    for row, model in zip(rows, models):
+        runner = model.runner
+        if runner.max_batch is not None and batch_size > runner.max_batch:
+            row.skipped_batch_sizes.append(batch_size)
+            continue
+        kind = "wall" if runner.device == "cpu" else "end_to_end"
+        probes.append((row, kind, wall_clock_call(runner, _timing_input(batch_size))))
+        work = runner.device_work(batch_size)
+        if work is not None:
+            probes.append((row, "compute", cuda_event_call(work)))
+    return probes
 
 
 def predictions(model: Model, images: np.ndarray) -> np.ndarray:
@@ -509,10 +523,9 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
     planned, notes = plan_rows(choice, config, paths, checkpoint, batch_sizes, log)
 
     load_before = load_average()
-    if choice.device == "cpu" and load_before is not None and load_before > BUSY_LOAD * usable_cores():
-        notes.append(f"the machine was busy when timing began (load average {load_before:.1f} on "
-                     f"{usable_cores()} cores): CPU figures are slower and noisier than on an idle machine")
-        log(f"warning: {notes[-1]}")
+    if _busy(choice, load_before):
+        log(f"warning: the machine is busy (load average {load_before:.1f} on {usable_cores()} cores): "
+            "CPU timings will be slower and noisier than on an idle machine")
     torch = require("torch")
     torch.set_num_threads(threads)
     synchronize = torch.cuda.synchronize if choice.device == "cuda" else (lambda: None)
@@ -524,10 +537,18 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
                     artifact=str(p.artifact), baseline=i == 0)
                 for i, (m, p) in enumerate(zip(models, planned))]
         for batch_size in batch_sizes:
-            for row, model in zip(rows, models):
-                log(f"timing: {row.name}, batch {batch_size}")
-                _time_row(model.runner, row, batch_size, config.timing, synchronize)
+            probes = _probes(rows, models, batch_size)
+            log(f"timing batch {batch_size}: {len(probes)} timings of {len(rows)} rows, {ROUNDS} interleaved rounds")
+            synchronize()
+            latencies = measure_interleaved([call for _, _, call in probes], config.timing)
+            for (row, kind, _), taken in zip(probes, latencies):
+                row.timings.setdefault(kind, []).append(latency_stats(taken, batch_size))
+        load_after = load_average()
         _speedups(rows)
+        if _busy(choice, load_before) or _busy(choice, load_after):
+            notes.append(f"the machine was busy while timing (load average {load_before} before, "
+                         f"{load_after} after, on {usable_cores()} cores): CPU figures are slower and "
+                         "noisier than on an idle machine, torch's the most (its OpenMP threads wait for each other)")
         notes += [f"{row.name}: batch {', '.join(map(str, row.skipped_batch_sizes))} above the engine profile's "
                   f"max ({model.runner.max_batch}); rebuild with a larger max batch to measure it"
                   for row, model in zip(rows, models) if row.skipped_batch_sizes]
@@ -544,7 +565,7 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
                "metrics": ckpt_meta.get("metrics", {})},
         config={"precisions": list(config.precisions), "backend": config.backend,
                 "warmup_s": config.timing.warmup_s, "duration_s": config.timing.duration_s,
-                "iterations": config.timing.iterations, "min_iterations": MIN_ITERATIONS,
+                "iterations": config.timing.iterations, "min_iterations": MIN_ITERATIONS, "rounds": ROUNDS,
                 "accuracy": config.accuracy, "limit_images": config.limit_images,
                 "timing_input": "synthetic uint8 images, normalized; preprocessing not timed"},
         backend_choice=asdict(choice),
@@ -554,5 +575,5 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
         timing_kinds={k: v for k, v in TIMING_KINDS.items() if any(k in r.timings for r in rows)},
         rows=rows,
         notes=notes,
-        environment=environment(gpu, threads, load_before),
+        environment=environment(gpu, threads, load_before, load_after),
     )

@@ -182,7 +182,8 @@ def _setup_lines(result: dict[str, Any]) -> list[str]:
                          + ([f"TensorRT {env['tensorrt']}"] if env.get("tensorrt") else []))
     gpu = f"{env['gpu']} (driver {env['gpu_driver']}, CUDA {env.get('cuda')})" if env["gpu"] else "none"
     timing = (f"{cfg['iterations']} calls" if cfg["iterations"] else f"{cfg['duration_s']:g} s "
-              f"(at least {cfg['min_iterations']} calls)") + f" per point after {cfg['warmup_s']:g} s warm-up"
+              f"(at least {cfg['min_iterations']} calls)") + (
+        f" per point after {cfg['warmup_s']:g} s warm-up, in {cfg['rounds']} rounds interleaved across the rows")
     choice = result["backend_choice"]
     load = env.get("load_average_before")
     return [

@@ -50,26 +50,32 @@ def test_top1_accuracy_and_speedups():
 # ---------------------------------------------------------------- timing loops
 
 
-def counting_call():
-    calls = []
+def recording_calls(*names: str):
+    """Timed calls that record their order in `log` and each take 1 ms."""
+    log: list[str] = []
 
-    def call() -> float:
-        calls.append(1)
-        return 0.001
+    def make(name: str):
+        def call() -> float:
+            log.append(name)
+            return 0.001
+        return call
 
-    return call, calls
+    return [make(name) for name in names], log
 
 
-def test_fixed_iterations_exclude_the_warmup_call():
-    call, calls = counting_call()
-    latencies = bench._measure(call, bench.TimingPlan(warmup_s=0, duration_s=None, iterations=7))
-    assert len(latencies) == 7 and len(calls) == 8  # one warm-up call is always made
+def test_fixed_iterations_are_split_over_interleaved_rounds_after_the_warmup():
+    calls, log = recording_calls("a", "b")
+    latencies = bench.measure_interleaved(calls, bench.TimingPlan(warmup_s=0, duration_s=None, iterations=7))
+    assert [len(taken) for taken in latencies] == [7, 7]
+    assert bench.ROUNDS == 3
+    # one warm-up call each, then rounds of 3, 2, 2 calls alternating between the rows
+    assert "".join(log) == "ab" + "aaabbb" + "aabb" + "aabb"
 
 
 def test_duration_mode_makes_at_least_the_minimum_calls():
-    call, _ = counting_call()
-    latencies = bench._measure(call, bench.TimingPlan(warmup_s=0, duration_s=1e-9))
-    assert len(latencies) == bench.MIN_ITERATIONS
+    calls, _ = recording_calls("a")
+    latencies = bench.measure_interleaved(calls, bench.TimingPlan(warmup_s=0, duration_s=1e-9))
+    assert len(latencies[0]) >= bench.MIN_ITERATIONS
 
 
 def test_timing_plan_needs_exactly_one_of_duration_and_iterations():

@@ -33,7 +33,7 @@ def result(rows: list[bench.Row], *, device: str = "cpu", depth: int = 20) -> di
         format=bench.FORMAT, model={"depth": depth, "checkpoint": "ckpt.pt", "checkpoint_sha256": "ab" * 32,
                                     "metrics": {}},
         config={"precisions": ["int8"], "backend": "auto", "warmup_s": 1.0, "duration_s": 3.0, "iterations": None,
-                "min_iterations": bench.MIN_ITERATIONS, "accuracy": True, "limit_images": None,
+                "min_iterations": bench.MIN_ITERATIONS, "rounds": bench.ROUNDS, "accuracy": True, "limit_images": None,
                 "timing_input": "synthetic"},
         backend_choice={"backend": "openvino", "device": device, "reason": "auto: test"},
         device=device, threads=2, batch_sizes=[1, 256, 4096] if device == "cuda" else [1, 256],
