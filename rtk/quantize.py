@@ -82,7 +82,10 @@ class Method:
 METHODS: dict[str, Method] = {
     # |x| at the 99.999th percentile of a 2048-bin histogram of |x| (clipped to the observed range).
     "percentile": Method("Percentile", {"num_bins": 2048, "percentile": 99.999, "symmetric": True}),
-    # The range whose 128-level quantization keeps the histogram's KL divergence smallest.
+    # The range whose 128-level quantization keeps the histogram's KL divergence smallest (TensorRT's
+    # legacy entropy calibrator: 2048 bins, 128 levels). On ReLU outputs, whose histograms are a spike
+    # at 0 and a long tail, it clips hard (a trained ResNet-20 lost 2.2 points, docs/quantization.md);
+    # 256 levels clipped harder still in a probe.
     "entropy": Method("Entropy", {"num_bins": 2048, "num_quantized_bins": 128}),
     # The observed minimum and maximum of each tensor over all calibration images.
     "minmax": Method("MinMax", {}),
@@ -123,7 +126,9 @@ FLAVOURS: dict[str, Flavour] = {
     # U8S8: unsigned asymmetric activations, signed symmetric per-channel weights, INT32 biases.
     # With Relu listed, quantize_static folds each ReLU into the zero point of the tensor before it
     # (asymmetric activations make it removable), so onnxruntime runs QLinearConv / QLinearAdd chains
-    # with no float ReLU in between. The last FC stays float as in the TensorRT flavour.
+    # with no float ReLU in between. The last FC stays float as in the TensorRT flavour. Measured
+    # (ResNet-20, onnxruntime 1.32, 2 threads, batch 256, busy 2-core EPYC, median img/s): FP32 956,
+    # Conv only 1705, Conv+Relu 1851, Conv+Add+Relu 2117; OpenVINO 2026.4: 7855 / 8470 / 8447.
     "cpu": Flavour(
         activation_type="QUInt8",
         op_types=("Conv", "Add", "Relu"),
@@ -335,8 +340,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+# The order a reviewer reads a manifest in; the long list of image indices goes last.
+MANIFEST_KEYS = ("format", "model", "data", "method", "num_images", "seed", "calibrator", "class_counts",
+                 "ranges", "quantized", "indices")
+
+
 def _write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(manifest, indent=1) + "\n")
+    ordered = {key: manifest[key] for key in MANIFEST_KEYS if key in manifest}
+    write_text_atomic(path, json.dumps(ordered, indent=1) + "\n")
 
 
 def _tensors_data(quantization: Any, ranges: Mapping[str, list[float]], method: str) -> Any:

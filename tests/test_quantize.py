@@ -290,8 +290,9 @@ def test_cli_writes_both_flavours_beside_the_onnx_and_prints_a_summary(fp32_onnx
     result = CliRunner().invoke(main, ["quantize", "--onnx", str(source), "--num-images", str(CALIB_IMAGES),
                                        "--no-verify", "--calib-dir", str(tmp_path / "calib")])
     assert result.exit_code == 0, result.output
-    for name in ("model.int8.tensorrt.onnx", "model.int8.cpu.onnx"):
-        assert (tmp_path / name).is_file() and name in result.output
+    written = [str(tmp_path / name) for name in ("model.int8.tensorrt.onnx", "model.int8.cpu.onnx")]
+    assert result.stdout.strip().splitlines()[-2:] == written  # after the summary table, one path a line
+    assert all(Path(path).is_file() for path in written)
 
 
 def test_cli_refuses_out_with_several_models(fp32_onnx, tmp_path):

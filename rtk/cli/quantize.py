@@ -84,6 +84,9 @@ def quantize(depth: int, target: str, method: str, precision: str, fp16_only: bo
         record = stage.validation_path(destination)
         rows.append((destination, calibration, json.loads(record.read_text()) if record.is_file() else None, True))
     _print_summary(rows)
+    for path, _, _, written in rows:
+        if written:
+            click.echo(str(path))
     refused = [path.name for path, _, _, written in rows if not written]
     if refused:
         raise RtkError(f"not written, too much accuracy lost against FP32: {', '.join(refused)}")
@@ -95,11 +98,11 @@ def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
 
     folders = sorted({str(path.parent) for path, *_ in rows})
     table = Table(title=f"{', '.join(folders)} (test set, onnxruntime CPU)")
-    table.add_column("model", no_wrap=True)
-    table.add_column("calibration")
-    for column in ("accuracy", "vs FP32", "top-1 agreement"):
-        table.add_column(column, justify="right")
-    table.add_column("written")
+    table.add_column("model", overflow="fold")
+    table.add_column("method", no_wrap=True)
+    for column in ("accuracy", "vs FP32", "agreement"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("written", no_wrap=True)
     for path, method, figures, written in rows:
         cells = (["-", "-", "-"] if figures is None else
                  [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}",
