@@ -30,7 +30,7 @@ from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="Builder optimization level (TensorRT's default is 3; 5 searches longest).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Timing cache read and updated by every build [default: RUNS_DIR/timing.cache].")
+              help="Timing cache read and updated by every build [default: timing.cache beside the engine].")
 @click.option("--tf32/--no-tf32", default=True, show_default=True,
               help="Let FP32 layers use TF32 math (TensorRT's default; off for closer FP32 comparisons).")
 @data_dir_option
@@ -51,5 +51,5 @@ def build(precision: str, depth: int, onnx_path: Path | None, out: Path | None, 
     written = build_engine(
         source, out or source.parent / paths.engine(precision).name, precision=precision,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
-        optimization_level=opt_level, timing_cache=timing_cache or Path(runs_dir) / "timing.cache", tf32=tf32)
+        optimization_level=opt_level, timing_cache=timing_cache, tf32=tf32)
     click.echo(str(written))
