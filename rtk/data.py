@@ -137,6 +137,22 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
                    f"{given / FOLDER_NAME} ({origin}); {DATA_HINT}")
 
 
+def ensure_data(data_dir: str | os.PathLike[str] | None = None, *, log: Log = info) -> Path:
+    """resolve_data_dir, downloading into the cache when no folder was named anywhere.
+
+    Only the default location is filled automatically: a --data-dir or RTK_DATA_DIR that holds no
+    CIFAR-10 stays an error (a typo must not start a 170 MB download). The URL and md5 are
+    $RTK_CIFAR_URL / $RTK_CIFAR_MD5, else the official ones (as for `rtk data download`)."""
+    try:
+        return resolve_data_dir(data_dir)
+    except RtkError:
+        if data_dir or os.environ.get("RTK_DATA_DIR"):
+            raise
+    url = os.environ.get("RTK_CIFAR_URL") or OFFICIAL_URL
+    log(f"CIFAR-10 is not in {default_cache_dir()}: downloading it from {url}")
+    return download(url, md5=os.environ.get("RTK_CIFAR_MD5") or OFFICIAL_MD5, log=log)
+
+
 def _extract_cached(archive: Path) -> Path:
     """Extract `archive` under the cache once; the folder name is keyed by the archive's path,
     size and mtime, so a different archive never reuses another's files."""

@@ -311,25 +311,46 @@ class _MetricsLog:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
+class _Progress:
+    """A rich progress bar on a terminal; elsewhere (a log file, CI) one plain line per epoch."""
+
+    def __init__(self, bar: Any = None, task: Any = None):
+        self.bar, self.task = bar, task
+
+    def update(self, done: int, stats: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, stats=stats)
+
+    def epoch_done(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(message)  # above the live bar
+        else:
+            info(message)
+
+
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
-    if not enabled:
+def _progress(is_main: bool, bar_wanted: bool, total: int, start: int) -> Iterator[_Progress | None]:
+    """None on DDP ranks other than 0 (they print nothing)."""
+    if not is_main:
         yield None
         return
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    console = Console(stderr=True)
+    if not (bar_wanted and console.is_terminal):
+        yield _Progress()
+        return
     with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                  transient=False) as bar:
-        task = bar.add_task("train", total=total, completed=start, stats="")
-        yield lambda done, stats: bar.update(task, completed=done, stats=stats)
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        yield _Progress(bar, bar.add_task("train", total=total, completed=start, stats=""))
 
 
 def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> Path:
     """Run training; returns the checkpoint path (written by rank 0 only).
 
+    Rank 0 shows a progress bar on a terminal (show_progress) and otherwise one line per epoch.
     Ctrl-C saves a checkpoint with the state needed by --resume and re-raises KeyboardInterrupt.
     """
     dist_info = Dist.from_env()
@@ -339,7 +360,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) ->
             torch.cuda.set_device(dist_info.local_rank)
         dist.init_process_group(backend)
     try:
-        return _train(cfg, dist_info, resume, show_progress and dist_info.is_main)
+        return _train(cfg, dist_info, resume, show_progress)
     finally:
         if dist_info.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -384,7 +405,7 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool)
     started = time.perf_counter()
     val_acc = float("nan")
     try:
-        with _progress(show_progress, total, trainer.step) as update:
+        with _progress(dist_info.is_main, show_progress, total, trainer.step) as progress:
             while trainer.step < total:
                 step = trainer.step
                 idx = trainer.batch_indices(step)
@@ -395,12 +416,12 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool)
                 sums += per_step
                 trainer.step += 1
                 end_of_epoch = trainer.step % trainer.steps_per_epoch == 0 or trainer.step == total
-                if update is not None and (trainer.step % 20 == 0 or end_of_epoch):
+                if progress is not None and (trainer.step % 20 == 0 or end_of_epoch):
                     elapsed = time.perf_counter() - epoch_start_time
                     loss_total, correct_total, seen = sums.tolist()
                     loss, acc = loss_total / max(seen, 1), correct_total / max(seen, 1)
                     ips = seen * dist_info.world / max(elapsed, 1e-9)
-                    update(trainer.step, f"loss {loss:.3f} acc {100 * acc:.1f}% val {val_acc:.2f}% "
+                    progress.update(trainer.step, f"loss {loss:.3f} acc {100 * acc:.1f}% val {val_acc:.2f}% "
                                          f"{ips:,.0f} img/s")
                 if end_of_epoch:
                     totals = _reduce_sum(sums.clone(), dist_info).tolist()
@@ -416,6 +437,11 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool)
                     }
                     if log is not None:
                         log.append(record)
+                    if progress is not None:
+                        progress.epoch_done(
+                            f"epoch {record['epoch']:g} (step {trainer.step}/{total}): train loss "
+                            f"{record['train_loss']:.3f}, train acc {record['train_acc']:.2f}%, val acc "
+                            f"{val_acc:.2f}%, {record['images_per_s']:,.0f} img/s")
                     save({"val_acc": val_acc, "step": trainer.step, "epochs": record["epoch"]})
                     sums.zero_()
                     epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step

@@ -191,3 +191,10 @@ def bench_run(bench_runs_dir: Path, cifar_dir: Path, tmp_path_factory: pytest.Te
         "--batch-sizes", "1,8", "--warmup", "0", "--iterations", "3", "--threads", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return {"result": result, "out": out, "json": json.loads((out / "bench.json").read_text())}
+
+
+@pytest.fixture(autouse=True)
+def _no_download_from_the_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing downloads at test time: a test that reaches rtk.data.ensure_data's download without
+    a local server of its own fails at once against a closed port on 127.0.0.1."""
+    monkeypatch.setenv("RTK_CIFAR_URL", "http://127.0.0.1:9/no-downloads-in-tests")

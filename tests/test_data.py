@@ -228,8 +228,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves `files` {path: bytes}; /short claims more bytes than it sends."""
 
     files: ClassVar[dict[str, bytes]] = {}
+    requests: ClassVar[list[str] | None] = None  # paths asked for, where a test counts them
 
     def do_GET(self) -> None:
+        if self.requests is not None:
+            self.requests.append(self.path)
         content = self.files.get(self.path)
         if content is None:
             self.send_error(404)
@@ -245,8 +248,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _serve(files: dict[str, bytes]) -> Iterator[str]:
-    handler = type("Handler", (_Handler,), {"files": files})
+def _serve(files: dict[str, bytes], requests: list[str] | None = None) -> Iterator[str]:
+    handler = type("Handler", (_Handler,), {"files": files, "requests": requests})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -482,3 +485,21 @@ def test_cli_verify_fails_on_unbalanced_classes_and_bad_files(fake_cifar_dir: Pa
 def test_help(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"], prog_name="rtk")
     assert result.exit_code == 0 and "Usage: rtk " + " ".join(command) in result.output
+
+
+def test_ensure_data_downloads_only_into_the_default_cache(fake_archive: bytes, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main job fetches CIFAR-10 on a fresh machine, but a named folder that lacks it is an
+    error, never a download."""
+    requests: list[str] = []
+    with _serve({"/c.tar.gz": fake_archive}, requests) as base:
+        monkeypatch.delenv("RTK_DATA_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        monkeypatch.setenv("RTK_CIFAR_URL", f"{base}/c.tar.gz")
+        monkeypatch.setenv("RTK_CIFAR_MD5", hashlib.md5(fake_archive).hexdigest())
+        with pytest.raises(RtkError, match="CIFAR-10 not found"):
+            data.ensure_data(tmp_path / "typo")
+        assert requests == []
+        folder = data.ensure_data(None)
+        assert folder == tmp_path / "cache" / "rtk" / data.FOLDER_NAME and requests == ["/c.tar.gz"]
+        assert data.ensure_data(None) == folder and requests == ["/c.tar.gz"]  # cached: no second fetch

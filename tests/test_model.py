@@ -48,10 +48,10 @@ def test_option_a_shortcut_is_parameter_free_subsample_and_zero_pad():
     assert "zero-pad" in repr(sc)
 
 
-def test_he_initialisation_of_convs():
+def test_he_initialisation_of_convs_uses_fan_in():
     torch.manual_seed(0)
-    conv = ResNet(56).stage3[0].conv2  # 64 -> 64, fan_out = 64 * 9
-    expected_std = (2.0 / (64 * 9)) ** 0.5
+    conv = ResNet(56).stage2[0].conv1  # 16 -> 32: fan_in = 16 * 9, fan_out = 32 * 9
+    expected_std = (2.0 / (16 * 9)) ** 0.5
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
 
 

@@ -67,9 +67,12 @@ def bench(precision: str, depth: int, backend: str, batch_sizes: tuple[int, ...]
     if duration is not None and iterations is not None:
         raise click.UsageError("give --duration or --iterations, not both")
     from rtk import bench as bench_stage
-    from rtk import report
+    from rtk import data, report
     from rtk.log import info
 
+    # The test set (accuracy) and training images (INT8 calibration): fetched into the cache on a
+    # fresh machine, so the README's first command works with nothing but a network.
+    data_dir = str(data.ensure_data(data_dir))
     config = bench_stage.BenchConfig(
         depth=depth,
         precisions=bench_stage.PRECISIONS if precision == "all" else (precision,),

@@ -19,7 +19,8 @@ def data() -> None:
 @click.option("--url", envvar="RTK_CIFAR_URL", default=None,
               help="Where to fetch cifar-10-python.tar.gz [env RTK_CIFAR_URL; default: the official "
                    "archive at www.cs.toronto.edu].")
-@click.option("--md5", default=None, help="Expected md5 of the archive [default: the official one].")
+@click.option("--md5", envvar="RTK_CIFAR_MD5", default=None,
+              help="Expected md5 of the archive [env RTK_CIFAR_MD5; default: the official one].")
 @click.option("--dest", type=click.Path(file_okay=False), default=None,
               help="Folder to put cifar-10-batches-py in [default: $XDG_CACHE_HOME/rtk or ~/.cache/rtk].")
 def download(url: str | None, md5: str | None, dest: str | None) -> None:

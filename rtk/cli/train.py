@@ -49,7 +49,7 @@ from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
 @click.option("--nproc", type=click.IntRange(min=1), default=1,
               help="Processes for DistributedDataParallel (re-runs this command under torchrun); "
                    "one per GPU, or gloo processes on the CPU.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to stderr).")
+@click.option("--no-progress", is_flag=True, help="No progress bar; one line per epoch on stderr instead (the default off a terminal).")
 @data_dir_option
 @runs_dir_option
 def train(depth: int, recipe: str, nproc: int, resume: bool, no_progress: bool, runs_dir: str,
@@ -59,6 +59,10 @@ def train(depth: int, recipe: str, nproc: int, resume: bool, no_progress: bool, 
     The final model is reported: validation accuracy every epoch, test accuracy once at the end
     (the test set never selects a model). Ctrl-C saves a checkpoint; --resume continues it.
     """
+    from rtk import data
+
+    # Fetched (into the cache) before any torchrun relaunch, so ranks never download at once.
+    options["data_dir"] = str(data.ensure_data(options.get("data_dir")))
     if nproc > 1 and "RANK" not in os.environ:
         _relaunch_under_torchrun(nproc)
         return
