@@ -389,7 +389,14 @@ def _to_onnx(model: torch.nn.Module, *, opset: int, batch_size: int | None) -> A
                                     opset_version=opset, dynamo=True, dynamic_shapes=dynamic,
                                     optimize=True, external_data=False, verbose=False)
     assert program is not None  # dynamo=True always returns an ONNXProgram
-    return program.model_proto
+    proto = program.model_proto
+    # The exporter annotates every node with debugging metadata, including Python stack traces with
+    # the absolute paths of this checkout and its venv. Dropped: a shipped file should not carry
+    # local paths, and the same checkpoint must give the same bytes from any checkout (the
+    # calibration manifest is keyed by the ONNX sha256).
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    return proto
 
 
 def check_versions() -> None:

@@ -445,3 +445,12 @@ def test_info_errors(tmp_path):
     assert_one_line_error(*invoke("info", str(junk)), "not a readable ONNX file")
     assert_one_line_error(*invoke("info", str(tmp_path / "missing.onnx")), "not found")
     assert_one_line_error(*invoke("info", str(tmp_path / "notes.txt")), "cannot describe")
+
+
+def test_export_is_byte_reproducible_and_carries_no_local_paths(exported, tmp_path):
+    checkpoint, first, _, _ = exported[20]
+    again = export.export_onnx(checkpoint, tmp_path / "again.onnx", verify=False, log=lambda _: None)
+    assert again.read_bytes() == first.read_bytes()
+    model = onnx.load(first)
+    assert not any(node.metadata_props for node in model.graph.node)  # no stack traces, no paths
+    assert str(Path.cwd()) not in first.read_bytes().decode("latin1")
