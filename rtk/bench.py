@@ -404,8 +404,10 @@ def load_average() -> float | None:
         return None
 
 
-def _busy(choice: BackendChoice, load: float | None) -> bool:
-    return choice.device == "cpu" and load is not None and load > BUSY_LOAD * usable_cores()
+def _busy(choice: BackendChoice, load: float | None, own_threads: int = 0) -> bool:
+    """Other work on the CPU: the load average beyond this process's own `own_threads` (the
+    threads it was timing with, which the load average right after timing still counts)."""
+    return choice.device == "cpu" and load is not None and load - own_threads > BUSY_LOAD * usable_cores()
 
 
 def environment(gpu: str | None, threads: int, load_before: float | None,
@@ -545,7 +547,7 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
                 row.timings.setdefault(kind, []).append(latency_stats(taken, batch_size))
         load_after = load_average()
         _speedups(rows)
-        if _busy(choice, load_before) or _busy(choice, load_after):
+        if _busy(choice, load_before) or _busy(choice, load_after, own_threads=threads):
             notes.append(f"the machine was busy while timing (load average {load_before} before, "
                          f"{load_after} after, on {usable_cores()} cores): CPU figures are slower and "
                          "noisier than on an idle machine, torch's the most (its OpenMP threads wait for each other)")

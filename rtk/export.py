@@ -64,7 +64,7 @@ EXAMPLE_BATCH = 2  # torch.export specializes sizes 0 and 1, so trace with 2 and
 # of the same image. So the bound is 1e-4 absolute for every image whose logits stay within +-10,
 # and widens with the logit scale beyond that, because fp32 noise (summation order, BN folded into
 # the weights) grows with the scale of the whole activation stream, not with each logit's own
-# value. Measured, untrained nets with real BN statistics, 2-core Xeon: max abs diff 2e-6..2e-5 for
+# value. Measured, untrained nets with real BN statistics, 2-core AMD EPYC: max abs diff 2e-6..2e-5 for
 # depths 20-110 (logits up to 13); ResNet-1202 4.4e-4 on a logit of -1.6 in an image whose
 # logits reach 64 (7e-6 of the scale): numpy-style rtol * |that logit| could not tell it from a bug,
 # RTOL * s does. A real export bug (wrong pad, weights, BN eps) is off by 1e-2 of s or more.

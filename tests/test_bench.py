@@ -244,3 +244,14 @@ def test_bench_accuracy_on_a_subset_with_limit_images(bench_runs_dir, cifar_dir,
     assert [row["name"] for row in data["rows"]] == ["torch eager fp32", "onnxruntime fp32"]
     assert {row["accuracy"]["images"] for row in data["rows"]} == {200}
     assert data["config"]["limit_images"] == 200
+
+
+def test_busy_machine_counts_other_work_only(monkeypatch):
+    """Right after timing on 2 threads the load average holds those 2 threads: not a busy machine."""
+    monkeypatch.setattr(bench, "usable_cores", lambda: 2)
+    cpu = bench.BackendChoice("openvino", "cpu", "test")
+    assert not bench._busy(cpu, 0.7)
+    assert bench._busy(cpu, 1.6)
+    assert not bench._busy(cpu, 2.4, own_threads=2)
+    assert bench._busy(cpu, 3.4, own_threads=2)
+    assert not bench._busy(bench.BackendChoice("tensorrt", "cuda", "test"), 9.0)
