@@ -55,7 +55,7 @@ from rtk.preprocess import IMAGE_SHAPE, normalize_uint8_nhwc
 from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME
 
 # Minimum versions, as pyproject's `cpu` extra pins them (tests/test_export.py keeps them equal).
-MIN_VERSIONS = {"onnx": "1.16", "onnxruntime": "1.20", "onnxscript": "0.2"}
+MIN_VERSIONS = {"onnx": "1.16", "onnxruntime": "1.27", "onnxscript": "0.2"}
 
 BATCH_AXIS = "batch"  # name of the dynamic batch dimension in the exported graph
 EXAMPLE_BATCH = 2  # torch.export specializes sizes 0 and 1, so trace with 2 and declare the axis dynamic

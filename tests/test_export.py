@@ -368,7 +368,7 @@ def test_too_old_onnxruntime(tmp_path, monkeypatch):
     ckpt, _ = make_checkpoint(tmp_path / "r8.pt", 8)
     monkeypatch.setattr(ort, "__version__", "1.9.0")
     code, output = invoke("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx"))
-    assert_one_line_error(code, output, "onnxruntime 1.9.0 is too old", "onnxruntime>=1.20")
+    assert_one_line_error(code, output, "onnxruntime 1.9.0 is too old", "onnxruntime>=1.27")
     assert code == 2
 
 
