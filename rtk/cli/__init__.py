@@ -49,4 +49,4 @@ def main() -> None:
 
 # Each module adds its command(s) to `main`; importing them is cheap (no heavy imports).
 # Imported last because they import `main` from here.
-from rtk.cli import arch, bench, build, data, deploy, export, info, quantize, train  # noqa: E402, F401
+from rtk.cli import arch, bench, build, data, deploy, export, info, quantize, train  # noqa: F401

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import click
-
 from rtk.cli import main
 from rtk.cli.options import depth_option
 

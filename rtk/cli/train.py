@@ -74,7 +74,7 @@ def train(depth: int, recipe: str, nproc: int, resume: bool, no_progress: bool, 
         depth=depth, recipe=recipe, compile=compile_mode,
         out_dir=out_dir or str(Path(runs_dir) / f"resnet{depth}"), **settings)
     path = train_stage.train(cfg, resume=resume, show_progress=not no_progress)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(path))
 
 
