@@ -172,6 +172,15 @@ def test_the_fastest_installed_onnx_backend_is_the_default(monkeypatch):
         rtk.runtime.onnx_backend()
 
 
+def test_fp16_onnx_files_go_to_onnxruntime(monkeypatch):
+    """OpenVINO's CPU plugin cannot run the FP16 file rtk quantize writes; auto must not pick it."""
+    assert rtk.runtime.onnx_backend("fp16") == "onnxruntime"
+    assert rtk.runtime.onnx_backend("int8") == "openvino"
+    monkeypatch.setattr(rtk.runtime, "installed", lambda module: module == "openvino")
+    with pytest.raises(MissingDependency, match="FP16 ONNX file needs onnxruntime"):
+        rtk.runtime.onnx_backend("fp16")
+
+
 # ---------------------------------------------------------------- real ONNX files
 
 

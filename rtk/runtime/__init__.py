@@ -21,23 +21,35 @@ from rtk.runtime.model import Model, Prediction
 __all__ = ["BACKENDS", "Model", "Prediction", "load", "make_runner", "onnx_backend"]
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
-BACKEND_FOR_SUFFIX = {".plan": "tensorrt", ".pt": "torch"}  # .onnx: onnxruntime or openvino
+BACKEND_FOR_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".pt": "torch"}  # .onnx: onnxruntime or openvino
 
 
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def onnx_backend() -> str:
-    """The fastest installed backend for ONNX files on a CPU: OpenVINO, else onnxruntime.
+def onnx_backend(precision: str | None = None) -> str:
+    """The fastest installed backend for an ONNX file of `precision` on a CPU: OpenVINO, else
+    onnxruntime; FP16 files always go to onnxruntime (OpenVINO's CPU plugin does not run FP16).
 
     OpenVINO ran ResNet-20 INT8 several times faster than onnxruntime on our CPUs (REFERENCE.md 3).
     """
-    for backend in ("openvino", "onnxruntime"):
+    for backend in ("openvino", "onnxruntime") if precision != "fp16" else ("onnxruntime",):
         if installed(backend):
             return backend
+    if precision == "fp16":
+        raise MissingDependency("running an FP16 ONNX file needs onnxruntime: pip install 'rtk[cpu]'")
     raise MissingDependency("running an ONNX file needs openvino or onnxruntime; install one with: "
                             "pip install 'rtk[openvino]' or pip install 'rtk[cpu]'")
+
+
+def _onnx_precision(path: Path) -> str | None:
+    """rtk.precision from the file's metadata (None where onnx, which reads it, is not installed)."""
+    if not installed("onnx"):
+        return None
+    from rtk.onnx_meta import read_metadata
+
+    return read_metadata(path).get("precision")
 
 
 def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: str | None = None,
@@ -50,7 +62,8 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
         raise RtkError(f"model file not found: {path}")
     natural = BACKEND_FOR_SUFFIX.get(path.suffix)
     if path.suffix == ".onnx":
-        backend = onnx_backend() if backend == "auto" else backend
+        if backend == "auto":
+            backend = onnx_backend(_onnx_precision(path))
         if backend not in ("onnxruntime", "openvino"):
             raise RtkError(f"{path} is an ONNX file: run it with onnxruntime or openvino, not {backend}")
     elif natural is None:
