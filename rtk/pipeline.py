@@ -91,12 +91,27 @@ def ensure_checkpoint(paths: RunPaths, checkpoint: Path | None = None, log: Log 
     )
 
 
+def _made_from(artifact: Path, checkpoint: Path, log: Log) -> bool:
+    """Whether the ONNX file `artifact` exists and was made from `checkpoint` (its recorded
+    rtk.checkpoint_sha256). A file left from other weights is reported and must be made again, or
+    every row beside the torch baseline would measure the old model."""
+    if not artifact.is_file():
+        return False
+    from rtk.fileio import sha256_file
+    from rtk.onnx_meta import read_metadata
+
+    if read_metadata(artifact).get("checkpoint_sha256") == sha256_file(checkpoint):
+        return True
+    log(f"{artifact} was made from other weights than {checkpoint}: making it again")
+    return False
+
+
 def ensure_onnx(paths: RunPaths, checkpoint: Path | None = None, data_dir: str | None = None,
                 log: Log = info) -> Path:
-    if paths.onnx.is_file():
-        return paths.onnx
     ckpt = ensure_checkpoint(paths, checkpoint, log)
-    log(f"{paths.onnx} is missing: exporting it from {ckpt}")
+    if _made_from(paths.onnx, ckpt, log):
+        return paths.onnx
+    log(f"exporting {paths.onnx} from {ckpt}")
     from rtk import export
 
     return export.export_onnx(ckpt, paths.onnx, depth=paths.depth, data_dir=data_dir, log=log)
@@ -104,10 +119,11 @@ def ensure_onnx(paths: RunPaths, checkpoint: Path | None = None, data_dir: str |
 
 def ensure_fp16_onnx(paths: RunPaths, checkpoint: Path | None = None, data_dir: str | None = None,
                      log: Log = info) -> Path:
-    if paths.fp16_onnx.is_file():
+    ckpt = ensure_checkpoint(paths, checkpoint, log)
+    if _made_from(paths.fp16_onnx, ckpt, log):
         return paths.fp16_onnx
-    onnx_path = ensure_onnx(paths, checkpoint, data_dir, log)
-    log(f"{paths.fp16_onnx} is missing: converting {onnx_path} to FP16")
+    onnx_path = ensure_onnx(paths, ckpt, data_dir, log)
+    log(f"converting {onnx_path} to FP16: {paths.fp16_onnx}")
     from rtk import quantize
 
     return quantize.convert_fp16(onnx_path, paths.fp16_onnx, data_dir=data_dir, log=log)
@@ -117,10 +133,11 @@ def ensure_int8_onnx(paths: RunPaths, target: str, method: str = "percentile",
                      checkpoint: Path | None = None, data_dir: str | None = None,
                      log: Log = info) -> Path:
     out = paths.int8_onnx(target)
-    if out.is_file():
+    ckpt = ensure_checkpoint(paths, checkpoint, log)
+    if _made_from(out, ckpt, log):
         return out
-    onnx_path = ensure_onnx(paths, checkpoint, data_dir, log)
-    log(f"{out} is missing: calibrating INT8 ({target} flavour, {method}) from {onnx_path}")
+    onnx_path = ensure_onnx(paths, ckpt, data_dir, log)
+    log(f"calibrating INT8 ({target} flavour, {method}) from {onnx_path}: {out}")
     from rtk import quantize
 
     return quantize.quantize_int8(onnx_path, out, target=target, method=method,
@@ -142,10 +159,15 @@ def ensure_engine(paths: RunPaths, precision: str, checkpoint: Path | None = Non
                   data_dir: str | None = None, log: Log = info, **build_options: Any) -> Path:
     """The engine of `precision`; a missing one is built with `build_options` (e.g. max_batch)."""
     out = paths.engine(precision)
-    if out.is_file():
-        return out
     onnx_path = ensure_onnx_for(paths, precision, checkpoint, data_dir, log)
-    log(f"{out} is missing: building a {precision} TensorRT engine from {onnx_path}")
+    if out.is_file():
+        from rtk.engine_meta import read_sidecar
+        from rtk.fileio import sha256_file
+
+        if read_sidecar(out, verify_engine=False).get("onnx_sha256") == sha256_file(onnx_path):
+            return out
+        log(f"{out} was built from another {onnx_path}: building it again")
+    log(f"building a {precision} TensorRT engine from {onnx_path}: {out}")
     from rtk import build
 
     return build.build_engine(onnx_path, out, precision=precision, log=log, **build_options)
