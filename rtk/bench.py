@@ -45,8 +45,7 @@ from rtk.runtime.openvino_runner import OpenVinoRunner
 from rtk.runtime.torch_runner import TorchRunner
 
 FORMAT = "rtk.bench/1"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
+PRECISIONS = pipeline.BENCH_PRECISIONS
 DEFAULT_BATCH_SIZES = {"cpu": (1, 32, 256), "cuda": (1, 256, 4096)}
 BUSY_LOAD = 0.5  # load average per usable core above which a CPU run is flagged as noisy
 # Profile max of an engine bench builds: rtk build's default, raised to the largest benchmarked batch.
@@ -223,8 +222,8 @@ def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = in
 
     `gpu`: the CUDA device's name or None; `have(module)`: whether a package is installed.
     """
-    if asked not in BACKEND_CHOICES:
-        raise RtkError(f"unknown backend {asked!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    if asked not in pipeline.BACKENDS:
+        raise RtkError(f"unknown backend {asked!r}; choose one of {', '.join(pipeline.BACKENDS)}")
     if asked == "tensorrt":
         if not have("tensorrt"):
             raise MissingDependency("--backend tensorrt: TensorRT is not installed; "

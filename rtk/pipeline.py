@@ -24,6 +24,10 @@ from rtk.log import info
 
 Log = Callable[[str], None]
 INT8_TARGETS = ("tensorrt", "cpu")
+# Backends a model can run on ("auto" picks one) and the precisions rtk bench measures; defined here,
+# a module the CLI can import without numpy or torch.
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
+BENCH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

@@ -8,8 +8,7 @@ import click
 
 from rtk.cli import main
 from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
-
-PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8", "all")
+from rtk.pipeline import BACKENDS, BENCH_PRECISIONS
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -25,11 +24,11 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 @main.command(context_settings={"show_default": True})
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="int8",
+@click.option("--precision", type=click.Choice([*BENCH_PRECISIONS, "all"]), default="int8",
               help="Which precision rows to measure; `all`: fp32, fp16, bf16 and int8 where the backend "
                    "runs them. The torch FP32 eager baseline is always measured.")
 @depth_option()
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino", "torch"]),
+@click.option("--backend", type=click.Choice(BACKENDS),
               default="auto",
               help="auto: TensorRT where a CUDA device and TensorRT exist, else the fastest CPU backend "
                    "installed (OpenVINO, else onnxruntime); the choice and its reason are printed.")

@@ -35,14 +35,14 @@ ALL = "all"
                    "exported from the checkpoint if missing].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File to write, when exactly one model is asked for.")
-@click.option("--calib-dir", type=click.Path(file_okay=False, path_type=Path), envvar="RTK_CALIB_DIR",
-              default="calib", show_default=True, help="Calibration manifests [env RTK_CALIB_DIR].")
+@click.option("--calib-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Calibration manifests [env RTK_CALIB_DIR; default: calib].")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Validate each model against FP32 on the 10,000 test images (onnxruntime, CPU).")
 @data_dir_option
 @runs_dir_option
 def quantize(depth: int, target: str, method: str, precision: str, fp16_only: bool, num_images: int, seed: int,
-             onnx_path: Path | None, out: Path | None, calib_dir: Path, verify: bool, data_dir: str | None,
+             onnx_path: Path | None, out: Path | None, calib_dir: Path | None, verify: bool, data_dir: str | None,
              runs_dir: str) -> None:
     """Calibrate INT8 on CIFAR-10 training images and write QDQ models; or convert to FP16.
 

@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 
 from rtk.errors import MissingDependency, RtkError
+from rtk.pipeline import BACKENDS
 from rtk.runtime.base import Runner
 from rtk.runtime.model import Model, Prediction
 
 __all__ = ["BACKENDS", "Model", "Prediction", "load", "make_runner", "onnx_backend"]
 
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 BACKEND_FOR_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".pt": "torch"}  # .onnx: onnxruntime or openvino
 
 
