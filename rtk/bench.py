@@ -36,7 +36,9 @@ import numpy as np
 from rtk import pipeline
 from rtk.errors import MissingDependency, RtkError, require
 from rtk.fileio import provenance, sha256_file
-from rtk.pipeline import Log, RunPaths
+from rtk.log import Log
+from rtk.names import BACKENDS, BENCH_PRECISIONS
+from rtk.pipeline import RunPaths
 from rtk.preprocess import normalize_uint8_nhwc
 from rtk.runtime import Model, installed, make_runner
 from rtk.runtime.base import INPUT_NAME, DeviceWork, Runner
@@ -45,7 +47,7 @@ from rtk.runtime.openvino_runner import OpenVinoRunner
 from rtk.runtime.torch_runner import TorchRunner
 
 FORMAT = "rtk.bench/1"
-PRECISIONS = pipeline.BENCH_PRECISIONS
+PRECISIONS = BENCH_PRECISIONS
 DEFAULT_BATCH_SIZES = {"cpu": (1, 32, 256), "cuda": (1, 256, 4096)}
 BUSY_LOAD = 0.5  # load average per usable core above which a CPU run is flagged as noisy
 # Profile max of an engine bench builds: rtk build's default, raised to the largest benchmarked batch.
@@ -222,8 +224,8 @@ def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = in
 
     `gpu`: the CUDA device's name or None; `have(module)`: whether a package is installed.
     """
-    if asked not in pipeline.BACKENDS:
-        raise RtkError(f"unknown backend {asked!r}; choose one of {', '.join(pipeline.BACKENDS)}")
+    if asked not in BACKENDS:
+        raise RtkError(f"unknown backend {asked!r}; choose one of {', '.join(BACKENDS)}")
     if asked == "tensorrt":
         if not have("tensorrt"):
             raise MissingDependency("--backend tensorrt: TensorRT is not installed; "

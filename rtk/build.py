@@ -38,9 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from rtk.errors import MissingDependency, RtkError, require
 from rtk.fileio import atomic_path, provenance, sha256_file, write_text_atomic
-from rtk.log import info
+from rtk.log import Log, info
 from rtk.onnx_meta import read_metadata
-from rtk.pipeline import Log
 from rtk.preprocess import IMAGE_SHAPE
 from rtk.runtime.base import INPUT_NAME
 

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from rtk.errors import RtkError
-from rtk.log import info
-from rtk.pipeline import Log
+from rtk.log import Log, info
 from rtk.preprocess import CLASSES, normalization_from_metadata, normalization_metadata
 
 if TYPE_CHECKING:

@@ -47,10 +47,9 @@ from rtk.checkpoint import load as load_checkpoint
 from rtk.describe import OnnxSummary, summarize_onnx
 from rtk.errors import RtkError, require
 from rtk.fileio import atomic_path, sha256_file
-from rtk.log import info
+from rtk.log import Log, info
 from rtk.model import NUM_CLASSES, STAGE_WIDTHS
 from rtk.onnx_meta import FORMAT, MIN_OPSET, OPSET, encode_metadata, load_onnx
-from rtk.pipeline import Log
 from rtk.preprocess import IMAGE_SHAPE, normalize_uint8_nhwc
 from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME
 

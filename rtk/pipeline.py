@@ -14,21 +14,14 @@ stage before it, saying what they do, so `rtk bench` can start from a checkpoint
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rtk.errors import RtkError
-from rtk.log import info
+from rtk.log import Log, info
+from rtk.names import INT8_TARGETS
 
-Log = Callable[[str], None]
-INT8_TARGETS = ("tensorrt", "cpu")
-# Backends a model can run on ("auto" picks one) and the precisions rtk bench measures; defined here,
-# a module the CLI can import without numpy or torch.
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
-BENCH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 

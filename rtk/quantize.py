@@ -48,9 +48,9 @@ import numpy as np
 from rtk import data
 from rtk.errors import RtkError, require
 from rtk.fileio import atomic_path, sha256_file, write_text_atomic
-from rtk.log import info
+from rtk.log import Log, info
+from rtk.names import CALIBRATION_METHODS, INT8_TARGETS, default_calib_dir
 from rtk.onnx_meta import decode_metadata, encode_metadata, load_onnx, missing_fields
-from rtk.pipeline import CALIBRATION_METHODS, INT8_TARGETS, Log
 from rtk.preprocess import normalize_uint8_nhwc
 from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME
 
@@ -148,10 +148,6 @@ class AccuracyDropError(RtkError):
     def __init__(self, message: str, figures: dict[str, Any]):
         super().__init__(message)
         self.figures = figures
-
-
-def default_calib_dir() -> Path:
-    return Path(os.environ.get("RTK_CALIB_DIR", "calib"))
 
 
 def validation_path(model_path: str | os.PathLike[str]) -> Path:

@@ -8,7 +8,7 @@ import click
 
 from rtk.cli import main
 from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
-from rtk.pipeline import BACKENDS, BENCH_PRECISIONS
+from rtk.names import BACKENDS, BENCH_PRECISIONS
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

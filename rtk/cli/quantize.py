@@ -10,7 +10,7 @@ import click
 from rtk.cli import main
 from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
 from rtk.errors import RtkError
-from rtk.pipeline import CALIBRATION_METHODS, INT8_TARGETS
+from rtk.names import CALIBRATION_METHODS, INT8_TARGETS
 
 ALL = "all"
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from rtk.errors import MissingDependency, RtkError
-from rtk.pipeline import BACKENDS
+from rtk.names import BACKENDS
 from rtk.runtime.base import Runner
 from rtk.runtime.model import Model, Prediction
 
