@@ -23,6 +23,8 @@ from rtk.errors import RtkError
 from rtk.fileio import sha256_file
 from rtk.onnx_meta import decode_metadata
 from rtk.preprocess import normalize_uint8_nhwc
+from rtk.quantize import calibration, validation
+from rtk.quantize.qdq import FLAVOURS, activation_quantization
 
 CALIB_IMAGES = 64
 
@@ -167,14 +169,14 @@ def test_fp16_model_has_fp16_weights_and_fp32_inputs_and_outputs(fp32_onnx, tmp_
 
 def test_the_three_methods_give_different_ranges_and_scales(fp32_onnx, tmp_path, monkeypatch):
     # 512 bins keep entropy's KL search short here; the slow test below runs the shipped 2048
-    monkeypatch.setitem(quantize.METHODS, "entropy", quantize.Method("Entropy", {"num_bins": 512,
+    monkeypatch.setitem(calibration.METHODS, "entropy", calibration.Method("Entropy", {"num_bins": 512,
                                                                                  "num_quantized_bins": 128}))
     ranges, scales = {}, {}
-    for method in quantize.METHODS:
+    for method in calibration.METHODS:
         _, model = quantized(fp32_onnx, tmp_path / method, "tensorrt", method=method)
         manifest = Path(decode_metadata({p.key: p.value for p in model.metadata_props})["calibration"]["manifest"])
         ranges[method] = json.loads(manifest.read_text())["ranges"]
-        scales[method] = {k: v["scale"] for k, v in quantize.activation_quantization(model).items()}
+        scales[method] = {k: v["scale"] for k, v in activation_quantization(model).items()}
     names = set(ranges["minmax"])
     assert names == set(ranges["entropy"]) == set(ranges["percentile"]) and len(names) > 10
     for a, b in [("minmax", "entropy"), ("minmax", "percentile"), ("entropy", "percentile")]:
@@ -203,14 +205,14 @@ def test_manifest_records_the_calibration_and_is_reused(fp32_onnx, tmp_path, cif
     assert manifest["data"]["checksum"] == cifar10.checksum()
     assert (manifest["method"], manifest["seed"], manifest["num_images"]) == ("percentile", 3, CALIB_IMAGES)
     assert manifest["model"]["depth"] == 8 and manifest["model"]["onnx_sha256"] == sha256_file(fp32_onnx)
-    assert manifest["calibrator"]["options"] == quantize.METHODS["percentile"].options
+    assert manifest["calibrator"]["options"] == calibration.METHODS["percentile"].options
     assert all(high >= low for low, high in manifest["ranges"].values())
     written = manifest["quantized"]["tensorrt"]
-    assert written["activations"] == quantize.activation_quantization(model)
+    assert written["activations"] == activation_quantization(model)
     assert all(q["zero_point"] == 0 for q in written["activations"].values())
 
     # the second flavour reuses indices and ranges: no calibration, no new sample
-    monkeypatch.setattr(quantize, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
     monkeypatch.setattr(data, "calibration_indices", lambda *a, **k: pytest.fail("drew a new sample"))
     quantized(fp32_onnx, tmp_path, "cpu", seed=3)
     again = json.loads(path.read_text())
@@ -224,7 +226,7 @@ def test_manifest_records_the_calibration_and_is_reused(fp32_onnx, tmp_path, cif
     other.doc_string = "re-exported"
     onnx.save(other, changed)
     seen = []
-    monkeypatch.setattr(quantize, "calibrate", lambda onnx_path, images, method: seen.append(images) or
+    monkeypatch.setattr(calibration, "calibrate", lambda onnx_path, images, method: seen.append(images) or
                         manifest["ranges"])
     quantized(changed, tmp_path, "cpu", seed=3)
     expected = normalize_uint8_nhwc(cifar10.train_images[indices])
@@ -252,7 +254,7 @@ def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_on
     assert figures["model"] == out.name and figures["reference"] == fp32_onnx.name
     assert figures["delta_pct"] == pytest.approx(figures["accuracy_pct"] - figures["reference_accuracy_pct"], abs=1e-3)
     assert 0 <= figures["top1_agreement_pct"] <= 100 and figures["max_drop_pct"] == 100.0
-    assert figures == {**quantize.validate(out, fp32_onnx, images, labels),
+    assert figures == {**validation.validate(out, fp32_onnx, images, labels),
                        "model": out.name, "reference": fp32_onnx.name, "max_drop_pct": 100.0}
 
     refused = tmp_path / "refused"
@@ -328,7 +330,7 @@ def trained_onnx(tmp_path_factory, cifar_dir) -> Path:
 @pytest.mark.slow
 def test_trained_model_loses_little_in_int8_and_fp16(trained_onnx, tmp_path):
     deltas = {}
-    for target in quantize.FLAVOURS:
+    for target in FLAVOURS:
         out, _ = quantized(trained_onnx, tmp_path, target, num_images=1024, verify=True)
         deltas[target] = json.loads(quantize.validation_path(out).read_text())
     fp16 = quantize.convert_fp16(trained_onnx, tmp_path / "model.fp16.onnx", log=lambda _: None)

@@ -1,0 +1,125 @@
+"""Stage 3: INT8 and FP16 ONNX models from the FP32 one, each checked on the test set before it is written.
+
+    model.onnx ─ calibrate: onnxruntime's calibrator runs N CIFAR-10 *training* images through it
+      │          -> calib/resnet20-<checkpoint sha256[:12]>-<method>-n1024-s0.json
+      │             (which images, data checksum, method, per-tensor ranges, the scales written)
+      ├─ quantize_int8(target="tensorrt") -> model.int8.tensorrt.onnx   + model.int8.tensorrt.onnx.json
+      ├─ quantize_int8(target="cpu")      -> model.int8.cpu.onnx        + model.int8.cpu.onnx.json
+      └─ convert_fp16                     -> model.fp16.onnx            + model.fp16.onnx.json
+
+This module holds the two stages; its parts:
+    calibration.py  the calibrator, its methods and the manifest (reused across targets and reruns)
+    qdq.py          the two QDQ flavours and the graph edit the TensorRT one needs
+    validation.py   accuracy against FP32 on the test set, the <model>.json record, the drop limit
+    metadata.py     the FP32 source's rtk metadata, checked and carried into every model written
+
+One calibration, two QDQ flavours (REFERENCE.md section 3). TensorRT wants symmetric INT8 (zero
+point 0) on the inputs of Conv and on the shortcut input of each residual Add; onnxruntime and
+OpenVINO on x86 are fastest with unsigned activations and signed weights (U8S8). Both come from
+onnxruntime.quantization.quantize_static fed with the same per-tensor ranges, so the calibration
+manifest serves both and a second target (or a rerun) does not calibrate again.
+
+Every written model is validated with onnxruntime on the CPU against the FP32 model on the 10,000
+test images (accuracy, the difference in points, top-1 agreement). The figures are printed and stored
+beside the model as `<model>.json` (format "rtk.validation/1"); a model that loses more than
+MAX_ACCURACY_DROP points is not written. The TensorRT flavour runs on onnxruntime too (same QDQ
+arithmetic, slower kernels), so its accuracy is known before any GPU sees it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rtk import data
+from rtk.errors import RtkError, require
+from rtk.fileio import atomic_path, sha256_file
+from rtk.log import Log, info
+from rtk.onnx_meta import load_onnx
+from rtk.quantize.calibration import (
+    METHODS,
+    calibration_for,
+    calibration_manifest_path,
+    quantization_module,
+    quiet,
+    tensors_data,
+    write_manifest,
+)
+from rtk.quantize.metadata import fp32_metadata, set_rtk_metadata
+from rtk.quantize.qdq import FLAVOURS, activation_quantization, qdq_on_shortcuts_only
+from rtk.quantize.validation import AccuracyDropError, validate_into, validation_path
+
+__all__ = ["AccuracyDropError", "convert_fp16", "quantize_int8", "validation_path"]
+
+
+def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str], *, target: str,
+                  method: str = "percentile", data_dir: str | os.PathLike[str] | None = None,
+                  log: Log = info, num_images: int = 1024, seed: int = 0,
+                  calib_dir: str | os.PathLike[str] | None = None, verify: bool = True,
+                  max_drop: float | None = None) -> Path:
+    """The INT8 QDQ model of `target` ("tensorrt" | "cpu") from the FP32 `onnx_path`, written to `out`.
+
+    Calibrates with `method` on `num_images` class-balanced training images chosen by `seed` (or
+    reuses the manifest under `calib_dir` for the same model, method, N and seed), quantizes, and
+    with `verify` validates on the test set (refusing a drop over `max_drop` points).
+    """
+    if target not in FLAVOURS:
+        raise RtkError(f"unknown INT8 target {target!r}; choose one of {', '.join(FLAVOURS)}")
+    if method not in METHODS:
+        raise RtkError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    quantization = quantization_module()
+    onnx = require("onnx")
+    onnx_path, out = Path(onnx_path), Path(out)
+    meta = fp32_metadata(onnx_path)
+    cifar = data.load_cifar10(data_dir)
+    manifest_path = calibration_manifest_path(calib_dir, meta, method, num_images, seed, onnx_path)
+    manifest = calibration_for(onnx_path, meta, cifar, manifest_path, method, num_images, seed, log)
+    flavour = FLAVOURS[target]
+
+    log(f"quantizing {onnx_path} for {target} ({flavour.activation_type} activations, QInt8 weights "
+        f"per channel, QDQ on {', '.join(flavour.op_types)})")
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="rtk-quantize-") as work:
+        cache = Path(work) / "ranges.json"
+        quantization.save_tensors_data(tensors_data(quantization, manifest["ranges"], method), cache)
+        with quiet():
+            quantization.quantize_static(
+                onnx_path, tmp, None, quant_format=quantization.QuantFormat.QDQ,
+                op_types_to_quantize=list(flavour.op_types), per_channel=True, reduce_range=False,
+                activation_type=getattr(quantization.QuantType, flavour.activation_type),
+                weight_type=quantization.QuantType.QInt8,
+                calibrate_method=getattr(quantization.CalibrationMethod, METHODS[method].calibration_method),
+                extra_options=dict(flavour.extra_options), calibration_cache_path=cache)
+        model = onnx.load(tmp)
+        if flavour.qdq_on_shortcut_only:
+            cut = qdq_on_shortcuts_only(model)
+            log(f"moved Q/DQ off the conv branch of {cut} residual Adds (shortcut input only)")
+        calibration = {"manifest": manifest_path.as_posix(), "method": method,
+                       "num_images": num_images, "seed": seed}
+        set_rtk_metadata(onnx, model, onnx_path, precision="int8", int8_target=target, calibration=calibration)
+        onnx.save(model, tmp)
+        validate_into(tmp, out, onnx_path, "int8", data_dir, verify, max_drop, log)
+
+    manifest.setdefault("quantized", {})[target] = {
+        "model": out.name, "sha256": sha256_file(out), "activations": activation_quantization(model)}
+    write_manifest(manifest_path, manifest)
+    return out
+
+
+def convert_fp16(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                 data_dir: str | os.PathLike[str] | None = None, log: Log = info, verify: bool = True,
+                 max_drop: float | None = None) -> Path:
+    """An FP16 copy of the FP32 `onnx_path` with FP32 inputs and outputs (Casts at both ends),
+    for strongly typed FP16 TensorRT engines; validated on the test set like the INT8 models."""
+    float16 = require("onnxruntime.transformers.float16")
+    onnx = require("onnx")
+    onnx_path, out = Path(onnx_path), Path(out)
+    fp32_metadata(onnx_path)
+    log(f"converting {onnx_path} to FP16 (inputs and outputs stay FP32)")
+    model = float16.convert_float_to_float16(load_onnx(onnx_path), keep_io_types=True)
+    set_rtk_metadata(onnx, model, onnx_path, precision="fp16")
+    with atomic_path(out) as tmp:
+        onnx.save(model, tmp)
+        validate_into(tmp, out, onnx_path, "fp16", data_dir, verify, max_drop, log)
+    return out
+

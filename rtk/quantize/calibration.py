@@ -1,0 +1,215 @@
+"""Calibration: onnxruntime's calibrator over CIFAR-10 training images -> per-tensor ranges, kept in
+a manifest under calib/ and reused for the same model, method, N and seed.
+
+Why rtk runs onnxruntime's calibrator itself instead of letting quantize_static do it:
+quantize_static hands the calibrator only the CalibTensorRangeSymmetric / CalibMovingAverage /
+CalibPercentile / ... extra options, never the histogram size. Entropy then runs with its defaults
+num_bins = num_quantized_bins = 128, and its KL search (thresholds from num_quantized_bins / 2 to
+num_bins / 2 bins around zero) has exactly one candidate: the whole histogram, max(|min|, |max|).
+With symmetric activations that is MinMax's scale to the last bit, which is why a probe found MinMax
+and Entropy identical. `calibrate` passes 2048 histogram bins (TensorRT's own entropy calibrator used
+2048 bins and 128 quantized bins) and hands the ranges to quantize_static through its calibration
+cache (onnxruntime >= 1.27).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtk import data
+from rtk.errors import RtkError, require
+from rtk.fileio import sha256_file, write_text_atomic
+from rtk.log import Log
+from rtk.names import CALIBRATION_METHODS, default_calib_dir
+from rtk.preprocess import normalize_uint8_nhwc
+from rtk.quantize.metadata import fp32_metadata
+from rtk.quantize.qdq import CALIBRATED_OP_TYPES
+from rtk.runtime.base import INPUT_NAME
+
+MIN_ONNXRUNTIME = "1.27"  # quantize_static(calibration_cache_path=...) first shipped in 1.27.0
+MANIFEST_FORMAT = "rtk.calibration/1"
+CALIB_BATCH = 64  # images per calibrator session run
+# The histogram calibrators hold the activations of every image of a chunk before they bin them
+# (ResNet-20: ~1.9 MB of float32 per image): chunks of 2560 / depth images keep that near 250 MB
+# for any depth. MinMax reduces inside the graph and does not care.
+CALIB_IMAGES_PER_DEPTH = 2560
+# The training/validation split the calibration images are drawn from: rtk train's default
+# (rtk.data.split_indices), so no calibration image is a validation (or test) image.
+SPLIT = {"seed": 0, "val_size": 5000}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One calibration method: onnxruntime's CalibrationMethod member and its calibrator options."""
+
+    calibration_method: str
+    options: Mapping[str, Any]
+
+
+METHODS: dict[str, Method] = {
+    # |x| at the 99.999th percentile of a 2048-bin histogram of |x| (clipped to the observed range).
+    "percentile": Method("Percentile", {"num_bins": 2048, "percentile": 99.999, "symmetric": True}),
+    # The range whose 128-level quantization keeps the histogram's KL divergence smallest (TensorRT's
+    # legacy entropy calibrator: 2048 bins, 128 levels). On ReLU outputs, whose histograms are a spike
+    # at 0 and a long tail, it clips hard (a trained ResNet-20 lost 2.2 points, docs/quantization.md);
+    # 256 levels clipped harder still in a probe.
+    "entropy": Method("Entropy", {"num_bins": 2048, "num_quantized_bins": 128}),
+    # The observed minimum and maximum of each tensor over all calibration images.
+    "minmax": Method("MinMax", {}),
+}
+assert tuple(METHODS) == CALIBRATION_METHODS
+
+
+class _CalibrationBatches:
+    """Feeds normalized images to onnxruntime's calibrator, CALIB_BATCH at a time. (onnxruntime's
+    CalibrationDataReader accepts any object with get_next, through its __subclasshook__.)"""
+
+    def __init__(self, images: np.ndarray):  # float32 [N, 3, 32, 32]
+        self._batches = iter(range(0, len(images), CALIB_BATCH))
+        self._images = images
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        start = next(self._batches, None)
+        return None if start is None else {INPUT_NAME: self._images[start:start + CALIB_BATCH]}
+
+
+def calibrate(onnx_path: str | os.PathLike[str], images: np.ndarray, method: str) -> dict[str, list[float]]:
+    """{tensor: [low, high]} for the inputs and outputs of every Conv, Add and Relu of the FP32
+    model, from onnxruntime's calibrator with `method` over `images` (float32 [N, 3, 32, 32],
+    normalized). The histogram methods see the images in chunks and merge their histograms."""
+    quantization = quantization_module()
+    spec = METHODS[method]
+    depth = fp32_metadata(Path(onnx_path))["depth"]
+    chunk = max(CALIB_BATCH, CALIB_IMAGES_PER_DEPTH // depth)
+    with tempfile.TemporaryDirectory(prefix="rtk-calibrate-") as work, quiet():
+        calibrator = quantization.create_calibrator(
+            Path(onnx_path), list(CALIBRATED_OP_TYPES),
+            augmented_model_path=str(Path(work) / "augmented.onnx"),
+            calibrate_method=getattr(quantization.CalibrationMethod, spec.calibration_method),
+            extra_options=dict(spec.options))
+        for start in range(0, len(images), chunk):
+            calibrator.collect_data(_CalibrationBatches(images[start:start + chunk]))
+        tensors = calibrator.compute_data()
+    return {name: [float(np.asarray(value).item()) for value in tensors[name].range_value]
+            for name in sorted(tensors)}
+
+
+def calibration_manifest_path(calib_dir: str | os.PathLike[str] | None, meta: Mapping[str, Any],
+                              method: str, num_images: int, seed: int,
+                              onnx_path: str | os.PathLike[str]) -> Path:
+    """calib/resnet<depth>-<checkpoint sha256[:12]>-<method>-n<N>-s<seed>.json (the ONNX file's
+    sha256 stands in for a model without a recorded checkpoint)."""
+    model_id = meta.get("checkpoint_sha256") or sha256_file(onnx_path)
+    root = Path(calib_dir) if calib_dir is not None else default_calib_dir()
+    return root / f"resnet{meta['depth']}-{model_id[:12]}-{method}-n{num_images}-s{seed}.json"
+
+
+def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar10, path: Path,
+                    method: str, num_images: int, seed: int, log: Log) -> dict[str, Any]:
+    """The manifest at `path` with ranges for this exact FP32 file: reused when it has them,
+    calibrated on its recorded images when the ONNX changed, created when there is none."""
+    onnx_sha = sha256_file(onnx_path)
+    checksum = cifar.checksum()
+    if path.is_file():
+        manifest = read_manifest(path)
+        expected = {"method": method, "num_images": num_images, "seed": seed}
+        found = {key: manifest.get(key) for key in expected}
+        if found != expected:
+            raise RtkError(f"calibration manifest {path} records {found}, not {expected}; delete it")
+        if manifest["data"]["checksum"] != checksum:
+            raise RtkError(f"calibration manifest {path} was made from other CIFAR-10 data (checksum "
+                           f"{manifest['data']['checksum'][:12]}, this copy {checksum[:12]}); "
+                           f"delete it to recalibrate")
+        indices = np.asarray(manifest["indices"], dtype=np.int64)
+        if manifest["model"].get("onnx_sha256") == onnx_sha and manifest.get("ranges"):
+            log(f"reusing the calibration in {path} ({method}, {len(indices)} images, seed {seed})")
+            return manifest
+        log(f"{onnx_path} differs from the model calibrated in {path}: recalibrating on its "
+            f"{len(indices)} images")
+    else:
+        train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
+        indices = data.calibration_indices(cifar.train_labels, train_idx, num_images, seed)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "data": {"checksum": checksum, "split": SPLIT, "subset": "training split"},
+            "method": method, "num_images": num_images, "seed": seed,
+            "class_counts": np.bincount(cifar.train_labels[indices], minlength=data.NUM_CLASSES).tolist(),
+            "indices": indices.tolist(),
+        }
+    images = normalize_uint8_nhwc(cifar.train_images[indices], meta["normalization"])
+    log(f"calibrating ({method}) on {len(indices)} CIFAR-10 training images with onnxruntime")
+    manifest["model"] = {"depth": meta["depth"], "checkpoint_sha256": meta.get("checkpoint_sha256"),
+                         "onnx": onnx_path.name, "onnx_sha256": onnx_sha}
+    manifest["calibrator"] = {"onnxruntime": onnxruntime_version(),
+                              "method": METHODS[method].calibration_method,
+                              "options": dict(METHODS[method].options),
+                              "op_types": list(CALIBRATED_OP_TYPES)}
+    manifest["ranges"] = calibrate(onnx_path, images, method)
+    manifest.pop("quantized", None)  # scales of models quantized from other ranges
+    write_manifest(path, manifest)
+    log(f"wrote {path}")
+    return manifest
+
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RtkError(f"cannot read calibration manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise RtkError(f"{path} is not an rtk calibration manifest (format {MANIFEST_FORMAT})")
+    return manifest
+
+
+# The order a reviewer reads a manifest in; the long list of image indices goes last.
+MANIFEST_KEYS = ("format", "model", "data", "method", "num_images", "seed", "calibrator", "class_counts",
+                 "ranges", "quantized", "indices")
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
+    ordered = {key: manifest[key] for key in MANIFEST_KEYS if key in manifest}
+    write_text_atomic(path, json.dumps(ordered, indent=1) + "\n")
+
+
+def tensors_data(quantization: Any, ranges: Mapping[str, list[float]], method: str) -> Any:
+    """The manifest's ranges as onnxruntime's TensorsData, for quantize_static's calibration cache."""
+    method_member = getattr(quantization.CalibrationMethod, METHODS[method].calibration_method)
+    return quantization.TensorsData(method_member, {
+        name: quantization.TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
+        for name, (low, high) in ranges.items()})
+
+
+
+
+def quantization_module() -> Any:
+    require("onnxruntime", min_version=MIN_ONNXRUNTIME)
+    return require("onnxruntime.quantization")
+
+
+def onnxruntime_version() -> str:
+    return str(require("onnxruntime").__version__)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence onnxruntime.quantization while it runs: its calibrators print progress to stdout
+    (where rtk prints results) and it logs a "consider pre-processing" warning on every call;
+    rtk logs its own one-line messages instead. Errors still raise."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)

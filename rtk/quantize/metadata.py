@@ -1,0 +1,29 @@
+"""The FP32 source model's rtk metadata: checked before quantizing, carried into every model written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rtk.errors import RtkError
+from rtk.onnx_meta import decode_metadata, encode_metadata, load_onnx, missing_fields
+
+
+def fp32_metadata(onnx_path: Path) -> dict[str, Any]:
+    model = load_onnx(onnx_path, load_weights=False)
+    meta = decode_metadata({prop.key: prop.value for prop in model.metadata_props})
+    missing = missing_fields(meta)
+    if missing:
+        raise RtkError(f"{onnx_path} has no rtk metadata ({', '.join(missing)} missing): "
+                       f"export it with `rtk export`")
+    if meta["precision"] != "fp32":
+        raise RtkError(f"{onnx_path} is a {meta['precision']} model; quantize starts from the FP32 "
+                       f"model.onnx")
+    return meta
+
+
+def set_rtk_metadata(onnx: Any, model: Any, source: Path, **fields: Any) -> None:
+    """The metadata of the FP32 model at `source`, every key as it is, with `fields` set over it."""
+    props = {prop.key: prop.value for prop in load_onnx(source, load_weights=False).metadata_props}
+    onnx.helper.set_model_props(model, {**props, **encode_metadata(fields)})
+

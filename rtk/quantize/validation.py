@@ -1,0 +1,94 @@
+"""Validation of a written model against its FP32 reference on the 10,000 test images: accuracy,
+the difference in points, top-1 agreement; stored beside the model as `<model>.json`
+("rtk.validation/1"), and a model that loses more than MAX_ACCURACY_DROP points is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtk import data
+from rtk.errors import RtkError, require
+from rtk.fileio import write_text_atomic
+from rtk.log import Log
+from rtk.preprocess import normalize_uint8_nhwc
+from rtk.quantize.calibration import onnxruntime_version
+from rtk.quantize.metadata import fp32_metadata
+from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME
+
+VALIDATION_FORMAT = "rtk.validation/1"
+# Points of test accuracy a written model may lose against the FP32 model before it is refused.
+# The targets for a fully trained ResNet-20 are far tighter (0.1 INT8, 0.05 FP16; docs/quantization.md).
+MAX_ACCURACY_DROP = {"int8": 1.0, "fp16": 0.2}
+EVAL_BATCH = 1000  # test images per onnxruntime call during validation
+
+
+class AccuracyDropError(RtkError):
+    """A model lost more test accuracy against FP32 than allowed, so it was not written; `figures`
+    holds its validation figures."""
+
+    def __init__(self, message: str, figures: dict[str, Any]):
+        super().__init__(message)
+        self.figures = figures
+
+
+def validation_path(model_path: str | os.PathLike[str]) -> Path:
+    """Where the validation figures of a written model live: `<model>.json`."""
+    return Path(f"{os.fspath(model_path)}.json")
+
+
+def validate_into(model_path: Path, out: Path, reference: Path, precision: str,
+                  data_dir: str | os.PathLike[str] | None, verify: bool, max_drop: float | None,
+                  log: Log) -> None:
+    """Validate the model about to become `out`; write `<out>.json`, or raise if it lost too much."""
+    record = validation_path(out)
+    if not verify:
+        record.unlink(missing_ok=True)  # figures of an earlier model at `out` would mislead
+        return
+    images, labels = data.load_test_set(data_dir)
+    report = validate(model_path, reference, images, labels)
+    report["model"], report["reference"] = out.name, reference.name
+    limit = MAX_ACCURACY_DROP[precision] if max_drop is None else max_drop
+    log(f"{out.name}: test accuracy {report['accuracy_pct']:.2f}% (FP32 "
+        f"{report['reference_accuracy_pct']:.2f}%, {report['delta_pct']:+.2f} points), top-1 "
+        f"agreement {report['top1_agreement_pct']:.2f}% on {report['test_images']} images")
+    report["max_drop_pct"] = limit
+    if report["delta_pct"] < -limit:
+        raise AccuracyDropError(f"{out.name} loses {-report['delta_pct']:.2f} points of test accuracy "
+                                f"against FP32 (more than {limit}); not written", report)
+    write_text_atomic(record, json.dumps(report, indent=2) + "\n")
+
+
+def validate(model_path: str | os.PathLike[str], reference_path: str | os.PathLike[str],
+             images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Accuracy of a model and of its FP32 reference on `images` (uint8 [N, 32, 32, 3]), with
+    onnxruntime on the CPU, preprocessed as the reference's metadata says."""
+    normalization = fp32_metadata(Path(reference_path))["normalization"]
+    predictions = [_predict(path, images, normalization) for path in (model_path, reference_path)]
+    correct = [prediction == labels for prediction in predictions]
+    accuracy, reference_accuracy = (100.0 * float(np.mean(c)) for c in correct)
+    return {
+        "format": VALIDATION_FORMAT,
+        "test_images": len(labels),
+        "accuracy_pct": round(accuracy, 4),
+        "reference_accuracy_pct": round(reference_accuracy, 4),
+        "delta_pct": round(accuracy - reference_accuracy, 4),
+        "top1_agreement_pct": round(100.0 * float(np.mean(predictions[0] == predictions[1])), 4),
+        "runtime": f"onnxruntime {onnxruntime_version()} CPUExecutionProvider",
+    }
+
+
+def _predict(model_path: str | os.PathLike[str], images: np.ndarray, normalization: Any) -> np.ndarray:
+    """Top-1 class per image, EVAL_BATCH images per onnxruntime call."""
+    ort = require("onnxruntime")
+    session = ort.InferenceSession(os.fspath(model_path), providers=["CPUExecutionProvider"])
+    return np.concatenate([
+        session.run([OUTPUT_NAME], {INPUT_NAME: normalize_uint8_nhwc(images[i:i + EVAL_BATCH], normalization)})
+        [0].argmax(axis=1) for i in range(0, len(images), EVAL_BATCH)])
+
+
