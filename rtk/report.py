@@ -1,6 +1,6 @@
 """Benchmark reports: the terminal table, bench.json, bench.md and bench.png, from one result dict.
 
-Everything here reads the plain dict of rtk.bench.BenchResult.to_dict() (the content of bench.json),
+Everything here reads the plain dict of rtk.bench.results.BenchResult.to_dict() (the content of bench.json),
 so a report can be redrawn from a bench.json alone. The issue-5 targets are evaluated here.
 """
 

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rtk import bench
+from rtk import bench, pipeline
+from rtk.bench import machine as bench_machine
+from rtk.bench.accuracy import top1_accuracy
+from rtk.bench.machine import busy
+from rtk.bench.results import Row
+from rtk.bench.rows import ENGINE_MAX_BATCH, BackendChoice, BenchConfig, choose_backend, plan_rows
+from rtk.bench.timing import MIN_ITERATIONS, ROUNDS, TimingPlan, latency_stats, measure_interleaved
 from rtk.cli import main
 from rtk.errors import MissingDependency, RtkError
 
@@ -18,7 +24,7 @@ from rtk.errors import MissingDependency, RtkError
 
 def test_latency_stats_of_known_latencies():
     seconds = [i / 1e3 for i in range(100, 0, -1)]  # 100 ms .. 1 ms, unsorted on purpose
-    s = bench.latency_stats(seconds, batch_size=10)
+    s = latency_stats(seconds, batch_size=10)
     assert s.iterations == 100
     assert s.mean_ms == pytest.approx(50.5)
     assert s.p50_ms == pytest.approx(50.5)
@@ -29,19 +35,19 @@ def test_latency_stats_of_known_latencies():
 
 
 def test_latency_stats_of_one_call_and_of_none():
-    s = bench.latency_stats([0.002], batch_size=256)
+    s = latency_stats([0.002], batch_size=256)
     assert (s.mean_ms, s.p50_ms, s.p99_ms, s.min_ms) == pytest.approx((2.0, 2.0, 2.0, 2.0))
     assert s.throughput == pytest.approx(128_000)
     with pytest.raises(ValueError):
-        bench.latency_stats([], batch_size=1)
+        latency_stats([], batch_size=1)
 
 
 def test_top1_accuracy_and_speedups():
-    assert bench.top1_accuracy(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == pytest.approx(75.0)
-    rows = [bench.Row("torch eager fp32", "torch", "fp32", "cpu", "c.pt", baseline=True,
-                      timings={"wall": [bench.latency_stats([0.1], 256)]}),
-            bench.Row("openvino int8", "openvino", "int8", "cpu", "m.onnx",
-                      timings={"wall": [bench.latency_stats([0.01], 256)]})]
+    assert top1_accuracy(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == pytest.approx(75.0)
+    rows = [Row("torch eager fp32", "torch", "fp32", "cpu", "c.pt", baseline=True,
+                      timings={"wall": [latency_stats([0.1], 256)]}),
+            Row("openvino int8", "openvino", "int8", "cpu", "m.onnx",
+                      timings={"wall": [latency_stats([0.01], 256)]})]
     bench._speedups(rows)
     assert rows[0].speedup == {"wall": {"256": pytest.approx(1.0)}}
     assert rows[1].speedup == {"wall": {"256": pytest.approx(10.0)}}
@@ -65,24 +71,24 @@ def recording_calls(*names: str):
 
 def test_fixed_iterations_are_split_over_interleaved_rounds_after_the_warmup():
     calls, log = recording_calls("a", "b")
-    latencies = bench.measure_interleaved(calls, bench.TimingPlan(warmup_s=0, duration_s=None, iterations=7))
+    latencies = measure_interleaved(calls, TimingPlan(warmup_s=0, duration_s=None, iterations=7))
     assert [len(taken) for taken in latencies] == [7, 7]
-    assert bench.ROUNDS == 3
+    assert ROUNDS == 3
     # one warm-up call each, then rounds of 3, 2, 2 calls alternating between the rows
     assert "".join(log) == "ab" + "aaabbb" + "aabb" + "aabb"
 
 
 def test_duration_mode_makes_at_least_the_minimum_calls():
     calls, _ = recording_calls("a")
-    latencies = bench.measure_interleaved(calls, bench.TimingPlan(warmup_s=0, duration_s=1e-9))
-    assert len(latencies[0]) >= bench.MIN_ITERATIONS
+    latencies = measure_interleaved(calls, TimingPlan(warmup_s=0, duration_s=1e-9))
+    assert len(latencies[0]) >= MIN_ITERATIONS
 
 
 def test_timing_plan_needs_exactly_one_of_duration_and_iterations():
     with pytest.raises(RtkError):
-        bench.TimingPlan(duration_s=1.0, iterations=3)
+        TimingPlan(duration_s=1.0, iterations=3)
     with pytest.raises(RtkError):
-        bench.TimingPlan(duration_s=None, iterations=None)
+        TimingPlan(duration_s=None, iterations=None)
 
 
 # ---------------------------------------------------------------- backend selection
@@ -93,21 +99,21 @@ def have(*modules: str):
 
 
 def test_auto_on_a_cpu_picks_openvino_and_says_why():
-    choice = bench.choose_backend("auto", None, have("openvino", "onnxruntime"))
+    choice = choose_backend("auto", None, have("openvino", "onnxruntime"))
     assert (choice.backend, choice.device) == ("openvino", "cpu")
     assert "no CUDA device" in choice.reason and "fastest CPU backend" in choice.reason
     assert "onnxruntime also measured" in choice.reason
 
 
 def test_auto_on_a_cpu_without_openvino_picks_onnxruntime():
-    choice = bench.choose_backend("auto", None, have("onnxruntime", "tensorrt"))
+    choice = choose_backend("auto", None, have("onnxruntime", "tensorrt"))
     assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
 
 
 def test_auto_on_a_gpu():
-    choice = bench.choose_backend("auto", "NVIDIA H100", have("tensorrt", "onnxruntime"))
+    choice = choose_backend("auto", "NVIDIA H100", have("tensorrt", "onnxruntime"))
     assert (choice.backend, choice.device) == ("tensorrt", "cuda") and "NVIDIA H100" in choice.reason
-    choice = bench.choose_backend("auto", "NVIDIA H100", have("onnxruntime"))
+    choice = choose_backend("auto", "NVIDIA H100", have("onnxruntime"))
     assert (choice.backend, choice.device) == ("torch", "cuda")
     assert "TensorRT is not installed" in choice.reason
 
@@ -121,7 +127,7 @@ def test_auto_on_a_gpu():
 ])
 def test_unavailable_backends_are_refused(asked, gpu, modules, message):
     with pytest.raises(MissingDependency, match=message) as info:
-        bench.choose_backend(asked, gpu, have(*modules))
+        choose_backend(asked, gpu, have(*modules))
     assert info.value.exit_code == 2
 
 
@@ -155,7 +161,7 @@ def test_cli_help():
 
 
 def test_cli_without_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.pipeline, "shipped_checkpoint", lambda depth: None)
+    monkeypatch.setattr(pipeline, "shipped_checkpoint", lambda depth: None)
     result = CliRunner().invoke(main, ["bench", "--backend", "onnxruntime", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "rtk train --depth 20" in result.stderr and "Traceback" not in result.output
@@ -166,28 +172,28 @@ def test_cli_without_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
 
 def test_plan_on_a_gpu_has_the_torch_variants_and_engines_for_every_batch(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(bench.pipeline, "ensure_engine",
+    monkeypatch.setattr(pipeline, "ensure_engine",
                         lambda paths, precision, *args, **options: built.append((precision, options))
                         or paths.engine(precision))
-    paths = bench.pipeline.run_paths(20, tmp_path)
-    choice = bench.BackendChoice("tensorrt", "cuda", "test")
-    rows, notes = bench.plan_rows(choice, bench.BenchConfig(precisions=("bf16", "int8")), paths,
+    paths = pipeline.run_paths(20, tmp_path)
+    choice = BackendChoice("tensorrt", "cuda", "test")
+    rows, notes = plan_rows(choice, BenchConfig(precisions=("bf16", "int8")), paths,
                                   tmp_path / "checkpoint.pt", (1, 256, 4096), lambda message: None)
     assert [row.key for row in rows] == [
         "torch eager fp32 False", "torch eager fp16 True", "torch cuda_graph fp32 False",
         "torch compile fp16 True", "tensorrt int8"]
     assert built == [("int8", {"max_batch": 4096})]  # the engine's profile reaches the largest batch
     assert notes and notes[0].startswith("bf16:")
-    config = bench.BenchConfig(precisions=("fp32",), torch_compile=False)
-    rows, _ = bench.plan_rows(choice, config, paths, tmp_path / "c.pt", (1, 8), lambda message: None)
+    config = BenchConfig(precisions=("fp32",), torch_compile=False)
+    rows, _ = plan_rows(choice, config, paths, tmp_path / "c.pt", (1, 8), lambda message: None)
     assert "torch compile fp16 True" not in [row.key for row in rows]
-    assert built[-1] == ("fp32", {"max_batch": bench.ENGINE_MAX_BATCH})
+    assert built[-1] == ("fp32", {"max_batch": ENGINE_MAX_BATCH})
 
 
 def test_plan_for_torch_alone_notes_that_int8_has_no_torch_path(tmp_path):
-    paths = bench.pipeline.run_paths(20, tmp_path)
-    rows, notes = bench.plan_rows(bench.BackendChoice("torch", "cpu", "test"),
-                                  bench.BenchConfig(precisions=("fp32", "bf16", "int8")), paths,
+    paths = pipeline.run_paths(20, tmp_path)
+    rows, notes = plan_rows(BackendChoice("torch", "cpu", "test"),
+                                  BenchConfig(precisions=("fp32", "bf16", "int8")), paths,
                                   tmp_path / "checkpoint.pt", (1,), lambda message: None)
     assert [row.key for row in rows] == ["torch eager fp32 False", "torch eager bf16 False"]
     assert notes == ["int8: torch has no INT8 path in rtk; use an ONNX or TensorRT backend"]
@@ -248,10 +254,10 @@ def test_bench_accuracy_on_a_subset_with_limit_images(bench_runs_dir, cifar_dir,
 
 def test_busy_machine_counts_other_work_only(monkeypatch):
     """Right after timing on 2 threads the load average holds those 2 threads: not a busy machine."""
-    monkeypatch.setattr(bench, "usable_cores", lambda: 2)
-    cpu = bench.BackendChoice("openvino", "cpu", "test")
-    assert not bench._busy(cpu, 0.7)
-    assert bench._busy(cpu, 1.6)
-    assert not bench._busy(cpu, 2.4, own_threads=2)
-    assert bench._busy(cpu, 3.4, own_threads=2)
-    assert not bench._busy(bench.BackendChoice("tensorrt", "cuda", "test"), 9.0)
+    monkeypatch.setattr(bench_machine, "usable_cores", lambda: 2)
+    cpu = BackendChoice("openvino", "cpu", "test")
+    assert not busy(cpu, 0.7)
+    assert busy(cpu, 1.6)
+    assert not busy(cpu, 2.4, own_threads=2)
+    assert busy(cpu, 3.4, own_threads=2)
+    assert not busy(BackendChoice("tensorrt", "cuda", "test"), 9.0)

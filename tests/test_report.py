@@ -7,37 +7,39 @@ import json
 import pytest
 
 from rtk import bench, report
+from rtk.bench.results import FORMAT, Accuracy, BenchResult, Row
+from rtk.bench.timing import MIN_ITERATIONS, ROUNDS, TIMING_KINDS, LatencyStats, latency_stats
 
 
-def stats(batch_size: int, ms: float) -> bench.LatencyStats:
-    return bench.latency_stats([ms / 1e3] * 5, batch_size)
+def stats(batch_size: int, ms: float) -> LatencyStats:
+    return latency_stats([ms / 1e3] * 5, batch_size)
 
 
 def row(name: str, backend: str, precision: str, ms_by_batch: dict[int, float], *, device: str = "cpu",
-        top1: float | None = None, baseline: bool = False) -> bench.Row:
+        top1: float | None = None, baseline: bool = False) -> Row:
     kinds = ["wall"] if device == "cpu" else ["compute", "end_to_end"]
-    return bench.Row(
+    return Row(
         name=name, backend=backend, precision=precision, device=device, artifact=f"{name}.file", baseline=baseline,
         timings={kind: [stats(b, ms) for b, ms in ms_by_batch.items()] for kind in kinds},
-        accuracy=None if top1 is None else bench.Accuracy(top1=top1, images=10000))
+        accuracy=None if top1 is None else Accuracy(top1=top1, images=10000))
 
 
-def result(rows: list[bench.Row], *, device: str = "cpu", depth: int = 20) -> dict:
+def result(rows: list[Row], *, device: str = "cpu", depth: int = 20) -> dict:
     base = rows[0]
     for r in rows:
         if r.accuracy and base.accuracy:
             r.accuracy.delta_vs_baseline = r.accuracy.top1 - base.accuracy.top1
             r.accuracy.agreement_vs_baseline = 99.0
     bench._speedups(rows)
-    return bench.BenchResult(
-        format=bench.FORMAT, model={"depth": depth, "checkpoint": "ckpt.pt", "checkpoint_sha256": "ab" * 32,
+    return BenchResult(
+        format=FORMAT, model={"depth": depth, "checkpoint": "ckpt.pt", "checkpoint_sha256": "ab" * 32,
                                     "metrics": {}},
         config={"precisions": ["int8"], "backend": "auto", "warmup_s": 1.0, "duration_s": 3.0, "iterations": None,
-                "min_iterations": bench.MIN_ITERATIONS, "rounds": bench.ROUNDS, "accuracy": True, "limit_images": None,
+                "min_iterations": MIN_ITERATIONS, "rounds": ROUNDS, "accuracy": True, "limit_images": None,
                 "timing_input": "synthetic"},
         backend_choice={"backend": "openvino", "device": device, "reason": "auto: test"},
         device=device, threads=2, batch_sizes=[1, 256, 4096] if device == "cuda" else [1, 256],
-        timing_kinds={k: v for k, v in bench.TIMING_KINDS.items() if k in rows[0].timings},
+        timing_kinds={k: v for k, v in TIMING_KINDS.items() if k in rows[0].timings},
         rows=rows, notes=["fp16: skipped"],
         environment={"cpu": "Test CPU", "cpu_cores": 2, "usable_cores": 2, "threads": 2, "gpu": None,
                      "gpu_driver": None, "load_average_before": 0.1, "packages": {"torch": "2.13.0"},
@@ -107,7 +109,7 @@ def test_write_reports_schema(tmp_path):
     data = json.loads(paths["bench.json"].read_text())
     assert {"format", "model", "config", "backend_choice", "device", "threads", "batch_sizes", "timing_kinds",
             "rows", "notes", "environment", "targets"} <= set(data)
-    assert data["format"] == bench.FORMAT
+    assert data["format"] == FORMAT
     first = data["rows"][0]
     assert first["baseline"] and first["name"] == "torch eager fp32"
     assert set(first["timings"]["wall"][0]) == {"batch_size", "iterations", "mean_ms", "p50_ms", "p90_ms",

@@ -74,7 +74,7 @@ def bench(precision: str, depth: int, backend: str, batch_sizes: tuple[int, ...]
     data_dir = str(data.ensure_data(data_dir))
     config = bench_stage.BenchConfig(
         depth=depth,
-        precisions=bench_stage.PRECISIONS if precision == "all" else (precision,),
+        precisions=BENCH_PRECISIONS if precision == "all" else (precision,),
         backend=backend,
         batch_sizes=batch_sizes,
         timing=bench_stage.TimingPlan(warmup_s=warmup, iterations=iterations,

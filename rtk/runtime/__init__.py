@@ -19,7 +19,7 @@ from rtk.names import BACKENDS
 from rtk.runtime.base import Runner
 from rtk.runtime.model import Model, Prediction
 
-__all__ = ["BACKENDS", "Model", "Prediction", "load", "make_runner", "onnx_backend"]
+__all__ = ["BACKENDS", "Model", "Prediction", "load", "make_runner", "onnx_backend", "open_model"]
 
 BACKEND_FOR_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".pt": "torch"}  # .onnx: onnxruntime or openvino
 
@@ -100,7 +100,11 @@ def load(path: str | os.PathLike[str], backend: str = "auto", precision: str | N
     "bf16"; elsewhere the file's own precision. threads: CPU threads (default: the backend's own).
     device: "cpu" or "cuda", for torch checkpoints.
     """
-    runner = make_runner(path, backend, precision, threads, device)
+    return open_model(make_runner(path, backend, precision, threads, device))
+
+
+def open_model(runner: Runner) -> Model:
+    """Activate `runner` and wrap it in a Model (deactivated again if the artifact is not rtk's)."""
     runner.activate()
     try:
         return Model(runner)
