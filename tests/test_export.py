@@ -24,6 +24,7 @@ from rtk import __version__, export
 from rtk.checkpoint import save
 from rtk.cli import main
 from rtk.errors import RtkError
+from rtk.export.validation import beyond_tolerance
 from rtk.fileio import sha256_file
 from rtk.model import ResNet
 from rtk.onnx_meta import OPSET, decode_metadata, encode_metadata, read_metadata
@@ -66,7 +67,7 @@ def torch_logits(model: ResNet, x: np.ndarray) -> np.ndarray:
 def assert_matches_torch(got: np.ndarray, model: ResNet, x: np.ndarray) -> None:
     expected = torch_logits(model, x)
     assert got.shape == expected.shape
-    assert not export.beyond_tolerance(got, expected).any(), np.abs(got - expected).max()
+    assert not beyond_tolerance(got, expected).any(), np.abs(got - expected).max()
 
 
 def constant(model: onnx.ModelProto, name: str) -> list[int]:
@@ -224,8 +225,8 @@ def test_tolerance_scales_with_the_image_logits_not_each_logit():
     got = expected.copy()
     got[:, 1] += 4.4e-4  # ResNet-1202's measured fp32 noise, on a small logit of each image
     # Image 0's logits reach 64: bound 6.4e-4. Image 1's reach 5: the plain 1e-4 applies.
-    assert export.beyond_tolerance(got, expected).tolist() == [[False] * 10, [False, True] + [False] * 8]
-    assert not export.beyond_tolerance(expected + 9e-5, expected).any()
+    assert beyond_tolerance(got, expected).tolist() == [[False] * 10, [False, True] + [False] * 8]
+    assert not beyond_tolerance(expected + 9e-5, expected).any()
 
 
 # ---------------------------------------------------------------------------------------------

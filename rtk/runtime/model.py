@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,17 @@ def network_input(images: Any, normalization: dict[str, Any]) -> np.ndarray:
                    f"got dtype {x.dtype}")
 
 
+def batch_slices(num_images: int, sizes: Sequence[int]) -> list[slice]:
+    """Consecutive slices of sizes[0], sizes[1], ..., then sizes[-1] again until `num_images` are
+    covered; the last slice may reach past the end (slicing an array stops at its end)."""
+    parts, start = [], 0
+    while start < num_images:
+        size = sizes[min(len(parts), len(sizes) - 1)]
+        parts.append(slice(start, start + size))
+        start += size
+    return parts
+
+
 def _check_not_empty(x: np.ndarray) -> None:
     if x.shape[0] == 0:
         raise RtkError("no images: the batch is empty")
@@ -133,16 +145,35 @@ class Model:
     def name(self) -> str:
         return self.runner.name
 
-    def logits(self, images: Any) -> np.ndarray:
-        """Raw logits float32 [N, num_classes] (see the class docstring for the accepted input)."""
+    def logits(self, images: Any, batch_sizes: Sequence[int] = (), pad: bool = False) -> np.ndarray:
+        """Raw logits float32 [N, num_classes] (see the class docstring for the accepted input).
+
+        batch_sizes: the images go to the backend in consecutive batches of these sizes, the last
+        repeated until done (see batch_slices), each capped at the backend's limit; () sends them all
+        at once (or in batches of the limit). pad: the last batch is filled up to its full size with
+        copies of its own images (their logits dropped), so every call has one shape: CUDA graphs
+        and torch.compile then reuse what they captured, a fixed-batch file accepts the input.
+        """
         x = network_input(images, self.normalization)
-        step = self.runner.max_batch or len(x)
-        chunks = [self.runner.infer({INPUT_NAME: x[i:i + step]})[OUTPUT_NAME] for i in range(0, len(x), step)]
+        limit = self.runner.max_batch
+        sizes = [min(size, limit or size) for size in batch_sizes] or [limit or len(x)]
+        chunks = []
+        for part in batch_slices(len(x), sizes):
+            feed = x[part]
+            count, size = len(feed), part.stop - part.start
+            if pad and count < size:
+                feed = np.resize(feed, (size, *feed.shape[1:]))
+            out = self.runner.infer({INPUT_NAME: feed})[OUTPUT_NAME]
+            if out.shape != (len(feed), len(self.classes)):
+                raise RtkError(f"{self.runner.path}: {self.name} returned logits of shape {list(out.shape)} for "
+                               f"a batch of {len(feed)}, expected [{len(feed)}, {len(self.classes)}]")
+            chunks.append(out[:count])
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
-    def predict(self, images: Any) -> Prediction:
-        """Top-1 class indices int64 [N] and softmax probabilities float32 [N, num_classes]."""
-        logits = self.logits(images)
+    def predict(self, images: Any, batch_sizes: Sequence[int] = (), pad: bool = False) -> Prediction:
+        """Top-1 class indices int64 [N] and softmax probabilities float32 [N, num_classes];
+        batch_sizes and pad as for logits()."""
+        logits = self.logits(images, batch_sizes, pad)
         return Prediction(classes=logits.argmax(axis=1).astype(np.int64), probs=softmax(logits))
 
     def close(self) -> None:
