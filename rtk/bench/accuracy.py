@@ -21,23 +21,17 @@ def top1_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(predictions == labels))
 
 
-
 def predictions(model: Model, images: np.ndarray) -> np.ndarray:
     """Top-1 class of every image through Model.predict, ACCURACY_BATCH images per call.
 
-    The last chunk is padded to ACCURACY_BATCH so every call has one shape: CUDA graphs and
+    The last batch is padded to ACCURACY_BATCH so every call has one shape: CUDA graphs and
     torch.compile then reuse what the timing at batch 256 captured or compiled.
     """
-    classes = []
-    for start in range(0, len(images), ACCURACY_BATCH):
-        chunk = images[start:start + ACCURACY_BATCH]
-        padded = np.concatenate([chunk, np.zeros((ACCURACY_BATCH - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        classes.append(model.predict(padded).classes[:len(chunk)])
-    return np.concatenate(classes)
+    return model.predict(images, batch_sizes=(ACCURACY_BATCH,), pad=True).classes
 
 
 def measure_accuracy(rows: list[Row], models: list[Model], paths: RunPaths, config: BenchConfig,
-              threads: int, log: Log) -> None:
+                     threads: int, log: Log) -> None:
     from rtk import data
 
     images, labels = data.load_test_set(config.data_dir)

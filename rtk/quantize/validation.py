@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from rtk import data
-from rtk.errors import RtkError, require
+from rtk.errors import RtkError
 from rtk.fileio import write_text_atomic
 from rtk.log import Log
-from rtk.preprocess import normalize_uint8_nhwc
 from rtk.quantize.calibration import onnxruntime_version
 from rtk.quantize.metadata import fp32_metadata
-from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME
+from rtk.runtime import open_model
+from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 VALIDATION_FORMAT = "rtk.validation/1"
 # Points of test accuracy a written model may lose against the FP32 model before it is refused.
@@ -67,9 +67,9 @@ def validate_into(model_path: Path, out: Path, reference: Path, precision: str,
 def validate(model_path: str | os.PathLike[str], reference_path: str | os.PathLike[str],
              images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Accuracy of a model and of its FP32 reference on `images` (uint8 [N, 32, 32, 3]), with
-    onnxruntime on the CPU, preprocessed as the reference's metadata says."""
-    normalization = fp32_metadata(Path(reference_path))["normalization"]
-    predictions = [_predict(path, images, normalization) for path in (model_path, reference_path)]
+    onnxruntime on the CPU, each preprocessed as its metadata says (the reference's, copied)."""
+    fp32_metadata(Path(reference_path))
+    predictions = [_predict(path, images) for path in (model_path, reference_path)]
     correct = [prediction == labels for prediction in predictions]
     accuracy, reference_accuracy = (100.0 * float(np.mean(c)) for c in correct)
     return {
@@ -83,12 +83,7 @@ def validate(model_path: str | os.PathLike[str], reference_path: str | os.PathLi
     }
 
 
-def _predict(model_path: str | os.PathLike[str], images: np.ndarray, normalization: Any) -> np.ndarray:
-    """Top-1 class per image, EVAL_BATCH images per onnxruntime call."""
-    ort = require("onnxruntime")
-    session = ort.InferenceSession(os.fspath(model_path), providers=["CPUExecutionProvider"])
-    return np.concatenate([
-        session.run([OUTPUT_NAME], {INPUT_NAME: normalize_uint8_nhwc(images[i:i + EVAL_BATCH], normalization)})
-        [0].argmax(axis=1) for i in range(0, len(images), EVAL_BATCH)])
-
-
+def _predict(model_path: str | os.PathLike[str], images: np.ndarray) -> np.ndarray:
+    """Top-1 class per image through rtk.runtime.Model (onnxruntime, CPU), EVAL_BATCH images per call."""
+    with open_model(OnnxRuntimeRunner(os.fspath(model_path), providers=["CPUExecutionProvider"])) as model:
+        return model.predict(images, batch_sizes=(EVAL_BATCH,)).classes
