@@ -1,5 +1,5 @@
 """CIFAR-10: find, download, verify and safely load it; the train/validation split; the calibration
-sample; batched augmentation and normalization on the training device.
+sample. (Batched augmentation and normalization on the training device: rtk.augment.)
 
 Layout (official python version, REFERENCE.md section 2): `cifar-10-batches-py/` holds
 `data_batch_1..5` and `test_batch`, each a pickled dict with `data` (uint8 [10000, 3072],
@@ -8,13 +8,11 @@ channel-planar R, G, B planes of 32x32, row-major) and `labels` (10000 ints in 0
 Pickle is code execution, so batches are read with `_RestrictedUnpickler`: it admits only the three
 numpy globals the format needs and refuses anything else before it can run.
 
-Only numpy is imported at module level: torch is imported inside `augment` and `normalize`, so
-stages that only read images (quantize, bench) do not pay for it.
+Only numpy is imported: stages that only read images (quantize, bench) do not pay for torch.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.client
 import os
@@ -25,16 +23,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from rtk.errors import RtkError
 from rtk.log import Log, info
-from rtk.preprocess import CLASSES, normalization_from_metadata, normalization_metadata
-
-if TYPE_CHECKING:
-    import torch
+from rtk.preprocess import CLASSES
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -45,7 +40,6 @@ META_FILE = "batches.meta"  # class names; extracted with the batches, never nee
 IMAGES_PER_BATCH = 10_000  # the official count; read at call time so tests can use tiny fake batches
 NUM_CLASSES = len(CLASSES)
 PIXELS = 3 * 32 * 32  # one row of `data`: R plane, G plane, B plane
-PAD = 4  # augmentation: pixels of zero padding on each side before the random 32x32 crop
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation, not for the whole transfer
 DATA_HINT = ("get it with `rtk data download`, or point --data-dir / RTK_DATA_DIR at the "
              f"{FOLDER_NAME} folder, its parent, or cifar-10-python.tar.gz")
@@ -403,52 +397,3 @@ def calibration_indices(train_labels: np.ndarray, train_idx: np.ndarray, num_ima
                            f"training split has {len(pool)}")
         chosen.append(rng.choice(pool, size=count, replace=False))
     return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Batched augmentation and normalization (torch, on whatever device the images are)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The paper's augmentation for a batch: uint8 [N, 3, 32, 32] -> uint8 [N, 3, 32, 32].
-
-    Each image is zero-padded by 4 pixels on every side ([N, 3, 40, 40]), cropped to 32x32 at its
-    own random offset (dy, dx in 0..8) and flipped left-right with probability 1/2. Two gathers do
-    all images at once on the images' device: rows [N, 3, 32, 40], then columns [N, 3, 32, 32],
-    with the flip folded into the column index. The random draws come from `generator` (on its
-    own device, then moved), so the same seeded generator gives the same output on CPU and CUDA;
-    None uses torch's default generator of the images' device. Returns a contiguous NCHW tensor.
-    """
-    import torch
-
-    n, channels, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))  # [N, 3, 40, 40], zeros
-    draw_on = generator.device if generator is not None else images.device
-    offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=generator, device=draw_on)
-    flips = torch.randint(0, 2, (n, 1), generator=generator, device=draw_on).bool()
-    offsets, flips = offsets.to(images.device), flips.to(images.device)
-    steps = torch.arange(width, device=images.device)  # [32]
-    rows = offsets[0, :, None] + steps  # [N, 32] source row in the padded image
-    cols = offsets[1, :, None] + torch.where(flips, steps.flip(0), steps)  # [N, 32]
-    out = padded.gather(2, rows[:, None, :, None].expand(n, channels, height, width + 2 * PAD))
-    return out.gather(3, cols[:, None, None, :].expand(n, channels, height, width))
-
-
-@functools.cache
-def _normalization_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(mean, std) float32 [1, 3, 1, 1] on `device` and the pixel scale; made once per device so a
-    training step copies nothing from the host (which would also break CUDA graph capture)."""
-    import torch
-
-    mean, std, scale = normalization_from_metadata(normalization_metadata())
-    return torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), scale
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, 32, 32] -> float32 [N, 3, 32, 32]: (x / 255 - MEAN) / STD per channel, the same
-    arithmetic as rtk.preprocess.normalize_uint8_nhwc, on the images' device."""
-    import torch
-
-    mean, std, scale = _normalization_on(images.device)
-    x = images.to(torch.float32)  # the one new tensor; the rest is in place
-    return x.mul_(scale).sub_(mean).div_(std)

@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 from conftest import FAKE_IMAGES_PER_BATCH, dump_py2, write_batch, write_fake_cifar
 
-from rtk import data
+from rtk import augment, data
 from rtk.cli import main
 from rtk.errors import RtkError
 from rtk.preprocess import normalize_uint8_nhwc
@@ -394,7 +394,7 @@ def _reference_crops(image: np.ndarray) -> dict[bytes, tuple[int, int, bool]]:
 def test_augment_crops_and_flips_each_image_independently() -> None:
     image = _position_image()
     batch = torch.from_numpy(image).expand(2000, 3, 32, 32).contiguous()
-    out = data.augment(batch, torch.Generator().manual_seed(0))
+    out = augment.augment(batch, torch.Generator().manual_seed(0))
     assert out.shape == (2000, 3, 32, 32) and out.dtype == torch.uint8
     crops = _reference_crops(image)
     assert len(crops) == 162
@@ -408,15 +408,15 @@ def test_augment_crops_and_flips_each_image_independently() -> None:
 
 def test_augment_is_deterministic_per_generator_seed() -> None:
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    first = data.augment(images, torch.Generator().manual_seed(7))
-    assert torch.equal(first, data.augment(images, torch.Generator().manual_seed(7)))
-    assert not torch.equal(first, data.augment(images, torch.Generator().manual_seed(8)))
-    assert data.augment(images).shape == images.shape  # torch's default generator
+    first = augment.augment(images, torch.Generator().manual_seed(7))
+    assert torch.equal(first, augment.augment(images, torch.Generator().manual_seed(7)))
+    assert not torch.equal(first, augment.augment(images, torch.Generator().manual_seed(8)))
+    assert augment.augment(images).shape == images.shape  # torch's default generator
 
 
 def test_normalize_matches_the_runtime_preprocessing() -> None:
     images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    normalized = data.normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    normalized = augment.normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     assert normalized.dtype == torch.float32 and normalized.shape == (16, 3, 32, 32)
     np.testing.assert_array_equal(normalized.numpy(), normalize_uint8_nhwc(images))
 
@@ -425,11 +425,11 @@ def test_normalize_matches_the_runtime_preprocessing() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_augment_on_cuda_equals_cpu_for_a_cpu_generator() -> None:
     images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8)
-    on_cpu = data.augment(images, torch.Generator().manual_seed(0))
-    on_cuda = data.augment(images.cuda(), torch.Generator().manual_seed(0))
+    on_cpu = augment.augment(images, torch.Generator().manual_seed(0))
+    on_cuda = augment.augment(images.cuda(), torch.Generator().manual_seed(0))
     assert on_cuda.device.type == "cuda"
     assert torch.equal(on_cuda.cpu(), on_cpu)
-    assert torch.equal(data.normalize(on_cuda).cpu(), data.normalize(on_cpu))
+    assert torch.equal(augment.normalize(on_cuda).cpu(), augment.normalize(on_cpu))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rtk import checkpoint, data
+from rtk import augment, checkpoint, data
 from rtk import train as train_stage
 from rtk.cli import main
 from rtk.errors import RtkError
+from rtk.train.trainer import seeded
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_split_never_feeds_validation_images_to_training(tiny_cifar, tmp_path):
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cifar, tmp_path, monkeypatch):
     whole = checkpoint.read(train_stage.train(_cfg(tmp_path / "a"), show_progress=False))
 
-    real_augment, calls = data.augment, {"n": 0}
+    real_augment, calls = augment.augment, {"n": 0}
 
     def interrupt_at_step_10(images, generator=None):
         calls["n"] += 1
@@ -89,13 +90,13 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cifar, tmp
             raise KeyboardInterrupt
         return real_augment(images, generator)
 
-    monkeypatch.setattr(data, "augment", interrupt_at_step_10)
+    monkeypatch.setattr(augment, "augment", interrupt_at_step_10)
     with pytest.raises(KeyboardInterrupt):
         train_stage.train(_cfg(tmp_path / "b"), show_progress=False)
     saved = checkpoint.read(tmp_path / "b" / "run" / "checkpoint.pt")
     assert saved["train_state"]["step"] == 10 and saved["metrics"]["interrupted"]
 
-    monkeypatch.setattr(data, "augment", real_augment)
+    monkeypatch.setattr(augment, "augment", real_augment)
     resumed = checkpoint.read(train_stage.train(_cfg(tmp_path / "b"), resume=True, show_progress=False))
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
@@ -146,7 +147,7 @@ def test_real_data_training_loss_falls(cifar_dir, tmp_path):
     for step in range(40):
         idx = trainer.batch_indices(step)
         loss_sum, _ = trainer.train_step(trainer.train_x[idx], trainer.train_y[idx], 0.05,
-                                         train_stage._seeded(0, step))
+                                         seeded(0, step))
         losses.append(loss_sum.item() / len(idx))
     assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.1, losses
 

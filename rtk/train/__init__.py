@@ -1,0 +1,186 @@
+"""[1] Training: the paper's recipe by default, a fast recipe for GPUs, DDP through torchrun.
+
+The whole training set lives on the training device as uint8 [N, 3, 32, 32] (airbench style); a batch
+is an index slice, and crop/flip/normalize are batched tensor ops (rtk.augment).
+
+Everything random is a function of (seed, step): the epoch's permutation is drawn from a generator
+seeded with (seed, epoch), a batch's augmentation from one seeded with (seed, step). So a run that is
+interrupted and resumed from its checkpoint takes exactly the same steps as an uninterrupted one,
+with no RNG state to save (tests/test_train.py checks the weights match bit for bit on the CPU).
+
+Batch and lr semantics under DDP: --batch-size is the global batch; each of W processes takes every
+W-th image of it (batch/W per process) and gradients are averaged, so lr and schedule mean the same
+as on one device.
+
+This module holds the run (train); its parts: config.py (TrainConfig, recipes, lr schedules),
+trainer.py (the model, optimizer and data, one step), records.py (metrics.jsonl, progress, curves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rtk import checkpoint
+from rtk.errors import RtkError
+from rtk.log import info
+from rtk.train.config import TrainConfig, lr_at, recipe_defaults
+from rtk.train.records import MetricsLog, plot_curves, progress_display
+from rtk.train.trainer import Dist, Trainer, seeded
+
+__all__ = ["TrainConfig", "Trainer", "recipe_defaults", "train"]
+
+
+def _reduce_sum(values: torch.Tensor, dist_info: Dist) -> torch.Tensor:
+    if dist_info.world > 1:
+        dist.all_reduce(values)
+    return values
+
+
+def _param_checksum(model: torch.nn.Module) -> float:
+    """One float per process; equal on every rank when DDP kept the replicas in sync."""
+    return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+def _split_info(cfg: TrainConfig) -> dict[str, Any]:
+    return {"seed": cfg.split_seed, "val_size": cfg.val_size}
+
+
+def _recipe_dict(cfg: TrainConfig) -> dict[str, Any]:
+    recipe = dataclasses.asdict(cfg)
+    recipe.pop("data_dir")
+    return recipe
+
+
+
+def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> Path:
+    """Run training; returns the checkpoint path (written by rank 0 only).
+
+    Rank 0 shows a progress bar on a terminal (show_progress) and otherwise one line per epoch.
+    Ctrl-C saves a checkpoint with the state needed by --resume and re-raises KeyboardInterrupt.
+    """
+    dist_info = Dist.from_env()
+    if dist_info.world > 1 and not dist.is_initialized():
+        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(dist_info.local_rank)
+        dist.init_process_group(backend)
+    try:
+        return _train(cfg, dist_info, resume, show_progress)
+    finally:
+        if dist_info.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool) -> Path:
+    out_dir = Path(cfg.out_dir or f"runs/resnet{cfg.depth}")
+    ckpt_path = out_dir / "checkpoint.pt"
+    trainer = Trainer(cfg, dist_info)
+    resumed_from = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise RtkError(f"--resume: no checkpoint to resume at {ckpt_path}")
+        ckpt = checkpoint.read(ckpt_path)
+        if "train_state" not in ckpt:
+            raise RtkError(f"{ckpt_path} holds no training state (shipped weights?); cannot resume")
+        if ckpt["model"]["depth"] != cfg.depth:
+            raise RtkError(f"{ckpt_path} is ResNet-{ckpt['model']['depth']}, not ResNet-{cfg.depth}")
+        trainer.load_state(ckpt)
+        resumed_from = trainer.step
+    trainer.load_data()
+    total = trainer.total_steps()
+    if trainer.step >= total:
+        raise RtkError(f"{ckpt_path} already finished its {total} steps; nothing to resume")
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        info(f"ResNet-{cfg.depth} on {trainer.device} ({trainer.precision}, {dist_info.world} process(es)): "
+             f"{total} steps of batch {cfg.batch_size} = {total / trainer.steps_per_epoch:.1f} epochs "
+             f"of {len(trainer.train_y)} images, {cfg.schedule} schedule, lr {cfg.lr}"
+             + (f", resuming at step {trainer.step}" if resumed_from is not None else ""))
+    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from) if dist_info.is_main else None
+
+    def save(metrics: dict[str, Any]) -> None:
+        if dist_info.is_main:
+            checkpoint.save(ckpt_path, trainer.model, split=_split_info(cfg), recipe=_recipe_dict(cfg),
+                            metrics=metrics, train_state=trainer.state())
+
+    sums = torch.zeros(3, device=trainer.device, dtype=torch.float64)  # loss sum, correct, images
+    per_step = torch.tensor([0.0, 0.0, cfg.batch_size / dist_info.world], dtype=torch.float64,
+                            device=trainer.device)
+    epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step
+    started = time.perf_counter()
+    val_acc = float("nan")
+    try:
+        with progress_display(dist_info.is_main, show_progress, total, trainer.step) as progress:
+            while trainer.step < total:
+                step = trainer.step
+                idx = trainer.batch_indices(step)
+                loss_sum, correct = trainer.train_step(
+                    trainer.train_x[idx], trainer.train_y[idx], lr_at(step, total, cfg),
+                    seeded(cfg.seed, step, dist_info.rank, device=trainer.device))
+                per_step[0], per_step[1] = loss_sum, correct
+                sums += per_step
+                trainer.step += 1
+                end_of_epoch = trainer.step % trainer.steps_per_epoch == 0 or trainer.step == total
+                if progress is not None and (trainer.step % 20 == 0 or end_of_epoch):
+                    elapsed = time.perf_counter() - epoch_start_time
+                    loss_total, correct_total, seen = sums.tolist()
+                    loss, acc = loss_total / max(seen, 1), correct_total / max(seen, 1)
+                    ips = seen * dist_info.world / max(elapsed, 1e-9)
+                    val = "-" if math.isnan(val_acc) else f"{val_acc:.2f}%"  # none before the first epoch ends
+                    progress.update(trainer.step, f"loss {loss:.3f} acc {100 * acc:.1f}% val {val} "
+                                                  f"{ips:,.0f} img/s")
+                if end_of_epoch:
+                    totals = _reduce_sum(sums.clone(), dist_info).tolist()
+                    val_loss, val_acc = trainer.evaluate(trainer.val_x, trainer.val_y)
+                    elapsed = time.perf_counter() - epoch_start_time
+                    record = {
+                        "epoch": round(trainer.step / trainer.steps_per_epoch, 3), "step": trainer.step,
+                        "lr": lr_at(trainer.step - 1, total, cfg),
+                        "train_loss": totals[0] / totals[2], "train_acc": 100 * totals[1] / totals[2],
+                        "val_loss": val_loss, "val_acc": val_acc,
+                        "images_per_s": (trainer.step - epoch_start_step) * cfg.batch_size / elapsed,
+                        "elapsed_s": time.perf_counter() - started,
+                    }
+                    if log is not None:
+                        log.append(record)
+                    if progress is not None:
+                        progress.epoch_done(
+                            f"epoch {record['epoch']:g} (step {trainer.step}/{total}): train loss "
+                            f"{record['train_loss']:.3f}, train acc {record['train_acc']:.2f}%, val acc "
+                            f"{val_acc:.2f}%, {record['images_per_s']:,.0f} img/s")
+                    save({"val_acc": val_acc, "step": trainer.step, "epochs": record["epoch"]})
+                    sums.zero_()
+                    epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step
+    except KeyboardInterrupt:
+        save({"val_acc": val_acc, "step": trainer.step, "interrupted": True})
+        if dist_info.is_main:
+            info(f"interrupted at step {trainer.step}: saved {ckpt_path}; continue with --resume")
+        raise
+
+    # The final model is the one reported; the test set is looked at once, after training.
+    test_loss, test_acc = trainer.evaluate(trainer.test_x, trainer.test_y)
+    checksums = [_param_checksum(trainer.model)]
+    if dist_info.world > 1:
+        gathered: list[Any] = [None] * dist_info.world
+        dist.all_gather_object(gathered, checksums[0])
+        checksums = gathered
+    metrics = {
+        "val_acc": val_acc, "test_acc": test_acc, "test_loss": test_loss, "step": trainer.step,
+        "epochs": trainer.step / trainer.steps_per_epoch, "train_seconds": time.perf_counter() - started,
+        "processes": dist_info.world, "device": str(trainer.device),
+        "param_checksums": checksums, "data_sha256": trainer.data_checksum,
+    }
+    save(metrics)
+    if dist_info.is_main and log is not None:
+        log.append({"final": True, **{k: v for k, v in metrics.items() if k != "param_checksums"}})
+        plot_curves(log.records(), out_dir / "curves.png", cfg.depth)
+        info(f"final model: validation {val_acc:.2f}%, test {test_acc:.2f}% -> {ckpt_path}")
+    return ckpt_path
+

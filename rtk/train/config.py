@@ -1,0 +1,77 @@
+"""A training run's settings: TrainConfig (stored in the checkpoint as its recipe), the named recipes,
+and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rtk.errors import RtkError
+
+SCHEDULES = ("paper", "cosine", "onecycle")
+PAPER_ITERATIONS = 64_000  # the paper stops at 64k iterations of batch 128 (~182 epochs of 45k)
+PAPER_MILESTONES = (0.5, 0.75)  # lr / 10 at 32k and 48k of 64k
+PAPER_WARMUP_STEPS = 400  # lr 0.01 for ~400 iterations for depth >= 110 (the paper's ResNet-110 note)
+ONECYCLE_WARMUP = 0.2  # fraction of the run spent rising linearly to the peak lr
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; stored in the checkpoint as its recipe."""
+
+    depth: int = 20
+    recipe: str = "paper"
+    epochs: float | None = None  # one of epochs / iterations; neither: the paper's 64k iterations
+    iterations: int | None = None
+    batch_size: int = 128  # global batch, images
+    lr: float = 0.1  # peak lr for onecycle
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    schedule: str = "paper"
+    seed: int = 0
+    split_seed: int = 0
+    val_size: int = 5000
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: str = "off"  # torch.compile mode for training steps: off | default | reduce-overhead | max-autotune
+    channels_last: bool | None = None  # None: on for CUDA
+    out_dir: str = ""
+    data_dir: str | None = None
+    eval_batch_size: int = 1000
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # He et al. 2016, section 4.2.
+    "paper": {"batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False,
+              "schedule": "paper"},
+    # GPU-resident one-cycle run: 92.29% in 128 s on an H100 over 150 epochs in a probe
+    # (REFERENCE.md section 4).
+    "fast": {"batch_size": 512, "lr": 0.4, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True,
+             "schedule": "onecycle", "epochs": 150, "precision": "bf16"},
+}
+
+
+def recipe_defaults(recipe: str) -> dict[str, Any]:
+    if recipe not in RECIPES:
+        raise RtkError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    return dict(RECIPES[recipe])
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total`."""
+    if cfg.schedule == "paper":
+        if cfg.depth >= 110 and step < PAPER_WARMUP_STEPS:
+            return 0.01
+        drops = sum(step >= int(f * total) for f in PAPER_MILESTONES)
+        return cfg.lr * 0.1**drops
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    if cfg.schedule == "onecycle":
+        rise = max(1, int(ONECYCLE_WARMUP * total))
+        if step < rise:
+            return cfg.lr * (0.1 + 0.9 * step / rise)
+        return cfg.lr * max(0.0, (total - step) / (total - rise))
+    raise RtkError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+

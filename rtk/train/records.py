@@ -1,0 +1,106 @@
+"""What a training run writes and shows: metrics.jsonl (cut back on resume), the progress bar or one
+line per epoch, and curves.png."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rtk.fileio import atomic_path
+from rtk.log import info
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON line per epoch (and a final line); on resume, later lines are cut."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        lines = []
+        if resume_step is not None and path.is_file():
+            lines = [ln for ln in path.read_text().splitlines()
+                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in lines))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+
+class _Progress:
+    """A rich progress bar on a terminal; elsewhere (a log file, CI) one plain line per epoch."""
+
+    def __init__(self, bar: Any = None, task: Any = None):
+        self.bar, self.task = bar, task
+
+    def update(self, done: int, stats: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, stats=stats)
+
+    def epoch_done(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(message)  # above the live bar
+        else:
+            info(message)
+
+
+@contextlib.contextmanager
+def progress_display(is_main: bool, bar_wanted: bool, total: int, start: int) -> Iterator[_Progress | None]:
+    """None on DDP ranks other than 0 (they print nothing)."""
+    if not is_main:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    if not (bar_wanted and console.is_terminal):
+        yield _Progress()
+        return
+    with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        yield _Progress(bar, bar.add_task("train", total=total, completed=start, stats=""))
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path, depth: int) -> None:
+    """Error (%) of train and validation, loss and lr against iterations, like the paper's Figure 6."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r for r in records if "epoch" in r and not r.get("final")]
+    if not epochs:
+        return
+    steps = [r["step"] for r in epochs]
+    fig, (ax_err, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    ax_err.plot(steps, [100 - r["train_acc"] for r in epochs], label="train error (augmented)")
+    ax_err.plot(steps, [100 - r["val_acc"] for r in epochs], label="validation error", linewidth=2)
+    ax_err.set(xlabel="iterations", ylabel="error (%)", title=f"ResNet-{depth}", ylim=(0, 40))
+    ax_err.legend()
+    ax_err.grid(alpha=0.3)
+    ax_loss.plot(steps, [r["train_loss"] for r in epochs], label="train")
+    ax_loss.plot(steps, [r["val_loss"] for r in epochs], label="validation")
+    ax_loss.set(xlabel="iterations", ylabel="cross-entropy", yscale="log")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot(steps, [r["lr"] for r in epochs])
+    ax_lr.set(xlabel="iterations", ylabel="learning rate", yscale="log")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
