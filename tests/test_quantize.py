@@ -359,3 +359,16 @@ def test_cli_reports_a_refused_model_and_goes_on(fp32_onnx, tmp_path, monkeypatc
     assert "90.02%" in result.output and "-2.19" in result.output
     assert (tmp_path / "model.int8.cpu.minmax.onnx").is_file()
     assert (tmp_path / "model.int8.cpu.percentile.onnx").is_file()
+
+
+def test_cli_onnx_takes_its_depth_from_the_file_and_refuses_a_contradicting_one(fp32_onnx, tmp_path):
+    result = CliRunner().invoke(main, ["quantize", "--onnx", str(fp32_onnx), "--depth", "20", "--fp16"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: --depth 20 contradicts {fp32_onnx}, a ResNet-8 model by its metadata; drop --depth"]
+    source = tmp_path / "model.onnx"
+    source.write_bytes(fp32_onnx.read_bytes())
+    for depth in ([], ["--depth", "8"]):  # from the file, or a --depth that agrees
+        result = CliRunner().invoke(main, ["quantize", "--onnx", str(source), *depth, "--fp16", "--no-verify"])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "model.fp16.onnx")

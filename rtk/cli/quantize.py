@@ -13,10 +13,11 @@ from rtk.errors import RtkError
 from rtk.names import CALIBRATION_METHODS, INT8_TARGETS
 
 ALL = "all"
+DEFAULT_DEPTH = 20
 
 
 @main.command()
-@depth_option()
+@depth_option(default=None)
 @click.option("--target", type=click.Choice([*INT8_TARGETS, ALL]), default=ALL, show_default=True,
               help="INT8 flavour: tensorrt (symmetric, QDQ on Conv inputs and residual shortcuts) or cpu "
                    "(U8S8, fast with onnxruntime and OpenVINO).")
@@ -31,7 +32,8 @@ ALL = "all"
               help="Calibration images, class-balanced, from the training split only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which calibration images.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="FP32 ONNX to start from; outputs go beside it [default: runs/resnet<depth>/model.onnx, "
+              help="FP32 ONNX to start from (its depth is read from its metadata); outputs go beside it "
+                   "[default: runs/resnet<depth>/model.onnx, "
                    "exported from the checkpoint if missing].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File to write, when exactly one model is asked for.")
@@ -41,7 +43,7 @@ ALL = "all"
               help="Validate each model against FP32 on the 10,000 test images (onnxruntime, CPU).")
 @data_dir_option
 @runs_dir_option
-def quantize(depth: int, target: str, method: str, precision: str, fp16_only: bool, num_images: int, seed: int,
+def quantize(depth: int | None, target: str, method: str, precision: str, fp16_only: bool, num_images: int, seed: int,
              onnx_path: Path | None, out: Path | None, calib_dir: Path | None, verify: bool, data_dir: str | None,
              runs_dir: str) -> None:
     """Calibrate INT8 on CIFAR-10 training images and write QDQ models; or convert to FP16.
@@ -63,6 +65,7 @@ def quantize(depth: int, target: str, method: str, precision: str, fp16_only: bo
     if out is not None and len(jobs) > 1:
         raise click.UsageError("--out names one file: choose one --target and --method, or --fp16")
 
+    depth = _depth(depth, onnx_path)
     paths = RunPaths(depth, onnx_path.parent) if onnx_path is not None else run_paths(depth, runs_dir)
     source = onnx_path or ensure_onnx(paths, data_dir=data_dir)
     rows = []  # (file, method, validation figures or None, written)
@@ -90,6 +93,22 @@ def quantize(depth: int, target: str, method: str, precision: str, fp16_only: bo
     refused = [path.name for path, _, _, written in rows if not written]
     if refused:
         raise RtkError(f"not written, too much accuracy lost against FP32: {', '.join(refused)}")
+
+
+def _depth(depth: int | None, onnx_path: Path | None) -> int:
+    """--onnx FILE: the depth its rtk metadata records (a contradicting --depth is refused);
+    else --depth, default 20."""
+    if onnx_path is None:
+        return depth or DEFAULT_DEPTH
+    from rtk.onnx_meta import read_metadata
+
+    recorded = read_metadata(onnx_path).get("depth")
+    if recorded is None:
+        return depth or DEFAULT_DEPTH  # no rtk metadata: quantize itself says so
+    if depth is not None and depth != recorded:
+        raise RtkError(f"--depth {depth} contradicts {onnx_path}, a ResNet-{recorded} model by its metadata; "
+                       "drop --depth")
+    return int(recorded)
 
 
 def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
