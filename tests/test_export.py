@@ -455,3 +455,16 @@ def test_export_is_byte_reproducible_and_carries_no_local_paths(exported, tmp_pa
     model = onnx.load(first)
     assert not any(node.metadata_props for node in model.graph.node)  # no stack traces, no paths
     assert str(Path.cwd()) not in first.read_bytes().decode("latin1")
+
+
+@pytest.mark.parametrize("folder_exists", [True, False])
+def test_cli_out_folder_gets_model_onnx_inside(tmp_path, folder_exists):
+    ckpt, _ = make_checkpoint(tmp_path / "c.pt", 8)
+    folder = tmp_path / "exports"
+    if folder_exists:
+        folder.mkdir()
+    out = str(folder) + ("" if folder_exists else "/")  # an existing folder, or a name with a trailing slash
+    code, output = invoke("export", "--checkpoint", str(ckpt), "--out", out, "--no-verify")
+    assert code == 0, output
+    assert output.splitlines()[-1] == str(folder / "model.onnx")
+    assert folder.is_dir() and [p.name for p in folder.iterdir()] == ["model.onnx"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,9 @@ DEFAULT_DEPTH = 20
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint to export [default: runs/resnet<depth>/checkpoint.pt, else the shipped "
                    "weights]. Without --depth: the checkpoint's depth, or 20 when no checkpoint is given.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="ONNX file to write [default: runs/resnet<depth>/model.onnx].")
+@click.option("--out", type=click.Path(), default=None,
+              help="ONNX file to write, or a folder (existing, or named with a trailing /) to write "
+                   "model.onnx in [default: runs/resnet<depth>/model.onnx].")
 @click.option("--fixed-batch", type=click.IntRange(min=1), default=None, metavar="N",
               help="Export a fixed batch of N instead of a dynamic batch axis.")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=OPSET, show_default=True,
@@ -34,7 +36,7 @@ DEFAULT_DEPTH = 20
               help="Images for the comparison: CIFAR-10 test images when found, else random ones.")
 @data_dir_option
 @runs_dir_option
-def export(depth: int | None, checkpoint: Path | None, out: Path | None, fixed_batch: int | None,
+def export(depth: int | None, checkpoint: Path | None, out: str | None, fixed_batch: int | None,
            opset: int, verify: bool, num_images: int, data_dir: str | None, runs_dir: str) -> None:
     """Export a checkpoint to ONNX and check it against PyTorch.
 
@@ -50,10 +52,20 @@ def export(depth: int | None, checkpoint: Path | None, out: Path | None, fixed_b
         depth = read(checkpoint)["model"]["depth"] if checkpoint is not None else DEFAULT_DEPTH
     paths = run_paths(depth, runs_dir)
     source = ensure_checkpoint(paths, checkpoint)
-    written = export_onnx(source, out or paths.onnx, depth=depth, data_dir=data_dir,
+    written = export_onnx(source, _out_file(out) or paths.onnx, depth=depth, data_dir=data_dir,
                           batch_size=fixed_batch, opset=opset, verify=verify,
                           num_images=num_images, on_validation=_print_validation)
     click.echo(str(written))
+
+
+def _out_file(out: str | None) -> Path | None:
+    """--out as a file: a folder (one that exists, or a name ending in a separator, which Path would
+    drop) gets model.onnx inside it, never a file of the folder's name."""
+    if out is None:
+        return None
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / "model.onnx"
+    return Path(out)
 
 
 def _print_validation(validation: Validation) -> None:
