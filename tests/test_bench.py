@@ -218,6 +218,10 @@ def test_bench_int8_on_cpu_end_to_end(bench_run):
     assert ort_fp32["accuracy"]["agreement_vs_baseline"] > 99.9  # the same network in FP32
     assert ort_int8["accuracy"]["agreement_vs_baseline"] > 80 and ov_int8["accuracy"]["agreement_vs_baseline"] > 80
     assert torch_row["accuracy"]["top1"] > 15  # the readout model is far above chance (10%)
+    # the reused model.int8.cpu.onnx (bench_runs_dir: 256 images) reports its own calibration
+    assert ort_int8["calibration"]["method"] == "percentile" and ort_int8["calibration"]["num_images"] == 256
+    assert torch_row["calibration"] is None
+    assert "- INT8 calibration of model.int8.cpu.onnx: percentile, 256 images, seed 0" in (out / "bench.md").read_text()
     env = data["environment"]
     assert env["cpu"] and env["usable_cores"] >= 1 and env["packages"]["onnxruntime"] and env["git"]
     assert isinstance(env["command"], str) and env["command"]

@@ -120,7 +120,9 @@ def test_write_reports_schema(tmp_path):
     md = paths["bench.md"].read_text()
     assert "| batch | row | mean ms | p50 ms | p90 ms | p99 ms | min ms | img/s | speed-up | calls |" in md
     assert "| 256 | openvino int8 | 10.0 | 10.0 | 10.0 | 10.0 | 10.0 | 25,600 | 12.80x | 5 |" in md
-    assert "## Accuracy (10000 CIFAR-10 test images)" in md and "## Targets (issue 5)" in md
+    assert "## Accuracy (10000 CIFAR-10 test images)" in md and "## Targets" in md and "issue" not in md
+    assert "| target | for | required | value | result | figures |" in md
+    assert all(target["for"] for target in data["targets"])  # each says what it is for
     assert "- fp16: skipped" in md
 
     assert paths["bench.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -166,3 +168,13 @@ def test_row_without_stats_at_a_batch_is_left_out_of_the_table():
     assert [line[:2] for line in lines if line[0] == "256"] == [
         ["256", "torch eager fp32 (baseline)"], ["256", "onnxruntime fp32"], ["256", "onnxruntime int8"]]
 
+
+
+def test_markdown_names_the_calibration_of_each_int8_artifact():
+    res = cpu_result()
+    res["rows"][2]["calibration"] = {"method": "entropy", "num_images": 1024, "seed": 3, "manifest": "calib/x.json"}
+    res["rows"][3]["calibration"] = dict(res["rows"][2]["calibration"])
+    md = report.markdown(res)
+    artifact = res["rows"][2]["artifact"]
+    assert f"- INT8 calibration of {artifact}: entropy, 1024 images, seed 3" in md
+    assert md.count("- INT8 calibration of") == 1 + (res["rows"][3]["artifact"] != artifact)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from rtk import pipeline
 from rtk.bench.accuracy import measure_accuracy
@@ -41,6 +42,8 @@ from rtk.bench.timing import (
 from rtk.errors import require
 from rtk.fileio import sha256_file
 from rtk.log import Log
+from rtk.onnx_meta import read_metadata
+from rtk.pipeline import RunPaths
 from rtk.runtime import Model, installed, open_model
 
 __all__ = ["BenchConfig", "BenchResult", "TimingPlan", "run_bench"]
@@ -73,6 +76,18 @@ def _probes(rows: list[Row], models: list[Model], batch_size: int) -> list[tuple
 
 
 
+def _calibration(model: Model, paths: RunPaths) -> dict[str, Any] | None:
+    """The calibration record of an INT8 row's artifact: its own metadata, or for a TensorRT engine
+    (whose sidecar does not carry it) the metadata of the QDQ file it is built from."""
+    if model.precision != "int8":
+        return None
+    record = model.metadata.get("calibration")
+    qdq = paths.int8_onnx("tensorrt")
+    if record is None and model.backend == "tensorrt" and qdq.is_file():
+        record = read_metadata(qdq).get("calibration")
+    return record
+
+
 def run_bench(config: BenchConfig, log: Log) -> BenchResult:
     """Measure every row of `config`; the result holds everything the report shows."""
     gpu = cuda_device()
@@ -96,7 +111,7 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
         for plan in planned:
             models.append(open_model(plan.make()))
         rows = [Row(name=m.name, backend=m.backend, precision=m.precision, device=m.runner.device,
-                    artifact=str(p.artifact), baseline=i == 0)
+                    artifact=str(p.artifact), baseline=i == 0, calibration=_calibration(m, paths))
                 for i, (m, p) in enumerate(zip(models, planned))]
         for batch_size in batch_sizes:
             probes = _probes(rows, models, batch_size)

@@ -35,6 +35,8 @@ class Row:
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> {batch: x baseline}
     accuracy: Accuracy | None = None
     skipped_batch_sizes: list[int] = field(default_factory=list)
+    # INT8 rows: how the artifact was calibrated, as its metadata records (method, num_images, seed, ...)
+    calibration: dict[str, Any] | None = None
 
 
 @dataclass
