@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from rtk.errors import MissingDependency, RtkError, require
 from rtk.fileio import atomic_path, provenance, sha256_file, write_text_atomic
 from rtk.log import Log, info
+from rtk.names import with_article
 from rtk.onnx_meta import read_metadata
 from rtk.preprocess import IMAGE_SHAPE
 from rtk.runtime.base import INPUT_NAME
@@ -232,7 +233,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     onnx_path, out = Path(onnx_path), Path(out)
     metadata = read_metadata(onnx_path)
     if metadata.get("precision") != precision:
-        raise RtkError(f"{onnx_path} is a {metadata.get('precision')} model, not {precision}: strongly typed "
+        raise RtkError(f"{onnx_path} is {with_article(str(metadata.get('precision')))} model, not {precision}: strongly typed "
                        f"engines take their precision from the ONNX (use `rtk quantize` to make it)")
     tensorrt_version, gpu = running_environment()
     import tensorrt as trt

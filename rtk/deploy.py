@@ -27,6 +27,7 @@ from rtk import __version__
 from rtk.errors import RtkError
 from rtk.fileio import atomic_dir, sha256_file
 from rtk.log import info
+from rtk.names import with_article
 from rtk.preprocess import IMAGE_SHAPE
 from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME
 
@@ -318,7 +319,7 @@ def export_triton(source: Path, repo: Path, *, model_name: str | None = None, pr
     returns the model folder. `precision`, if given, must be the artifact's."""
     model = read_served_model(source)
     if precision is not None and precision != model.metadata["precision"]:
-        raise RtkError(f"{source} is a {model.metadata['precision']} model, not {precision}: "
+        raise RtkError(f"{source} is {with_article(model.metadata['precision'])} model, not {precision}: "
                        f"drop --precision or pass the {precision} file")
     if kind not in INSTANCE_KINDS:
         raise RtkError(f"unknown instance kind {kind!r}; choose one of {', '.join(INSTANCE_KINDS)}")

@@ -20,3 +20,8 @@ CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
 def default_calib_dir() -> Path:
     """Where calibration manifests go: $RTK_CALIB_DIR, else ./calib."""
     return Path(os.environ.get("RTK_CALIB_DIR", "calib"))
+
+
+def with_article(word: str) -> str:
+    """'an int8', 'an fp16', 'a bf16': the article as the word is read aloud (letters by name)."""
+    return f"{'an' if word[:1].lower() in 'aefhilmnorsx' else 'a'} {word}"

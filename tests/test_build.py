@@ -185,7 +185,7 @@ def test_build_refuses_an_onnx_of_another_precision_before_needing_tensorrt(tmp_
 
     checkpoint, _ = make_checkpoint(tmp_path / "checkpoint.pt", depth=8)
     onnx_path = export.export_onnx(checkpoint, tmp_path / "model.onnx", verify=False, log=lambda _: None)
-    with pytest.raises(RtkError, match="is a fp32 model, not int8"):
+    with pytest.raises(RtkError, match="is an fp32 model, not int8"):
         build.build_engine(onnx_path, tmp_path / "model.int8.plan", precision="int8")
     with pytest.raises(RtkError, match="1 <= min <= opt <= max"):
         build.build_engine(onnx_path, tmp_path / "model.fp32.plan", precision="fp32", opt_batch=2048)

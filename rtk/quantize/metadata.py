@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rtk.errors import RtkError
+from rtk.names import with_article
 from rtk.onnx_meta import decode_metadata, encode_metadata, load_onnx, missing_fields
 
 
@@ -17,7 +18,7 @@ def fp32_metadata(onnx_path: Path) -> dict[str, Any]:
         raise RtkError(f"{onnx_path} has no rtk metadata ({', '.join(missing)} missing): "
                        f"export it with `rtk export`")
     if meta["precision"] != "fp32":
-        raise RtkError(f"{onnx_path} is a {meta['precision']} model; quantize starts from the FP32 "
+        raise RtkError(f"{onnx_path} is {with_article(meta['precision'])} model; quantize starts from the FP32 "
                        f"model.onnx")
     return meta
 

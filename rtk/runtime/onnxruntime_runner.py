@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from rtk.errors import RtkError, require
+from rtk.names import with_article
 from rtk.onnx_meta import decode_metadata
 from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, Runner
 
@@ -53,7 +54,7 @@ class OnnxRuntimeRunner(Runner):
         self._metadata = decode_metadata(self._session.get_modelmeta().custom_metadata_map)
         self.precision = self._metadata.get("precision", "fp32")
         if self.requested_precision not in (None, self.precision):
-            raise RtkError(f"{self.path} is a {self.precision} model; onnxruntime runs it as it is, "
+            raise RtkError(f"{self.path} is {with_article(self.precision)} model; onnxruntime runs it as it is, "
                            f"not as {self.requested_precision}")
 
     def _deactivate(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rtk.errors import RtkError, require
+from rtk.names import with_article
 from rtk.onnx_meta import decode_metadata
 from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, Runner
 
@@ -69,7 +70,7 @@ class OpenVinoRunner(Runner):
         if file_precision == "fp16":
             raise RtkError(f"{self.path}: OpenVINO's CPU plugin has no native FP16; run the FP32 ONNX "
                            "with precision bf16 instead")
-        raise RtkError(f"{self.path} is a {file_precision} model; OpenVINO cannot run it as {asked}")
+        raise RtkError(f"{self.path} is {with_article(file_precision)} model; OpenVINO cannot run it as {asked}")
 
     def _deactivate(self) -> None:
         del self._compiled
