@@ -317,7 +317,7 @@ def _bad_source(case: str, exported_onnx: Path, tmp_path: Path) -> list[object]:
     ("engine on cpu", "runs only on a GPU"),
     ("max batch above the profile", "the engine's optimization profile ends at 256"),
     ("preferred above max batch", "preferred batch sizes [128] are outside 1..64"),
-    ("wrong precision", "is a fp32 model, not int8"),
+    ("wrong precision", "is an fp32 model, not int8"),
     ("bad model name", "model name '../escape'"),
     ("onnx without rtk metadata", "is not an rtk ONNX file"),
     ("onnx with a fixed batch", "has a fixed batch of 8"),
@@ -337,3 +337,9 @@ def test_help(command: list[str]):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
     assert ("triton" in result.output) and ("--max-batch" in result.output or command == ["deploy"])
+
+
+def test_export_triton_is_listed_once_as_the_alias_of_deploy_triton():
+    lines = CliRunner().invoke(main, ["--help"]).output.splitlines()
+    listed = [line for line in lines if "export-triton" in line]
+    assert len(listed) == 1 and "rtk deploy triton" in listed[0], lines

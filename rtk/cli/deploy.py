@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import click
@@ -69,4 +70,8 @@ def triton(depth: int, precision: str | None, source: Path | None, repo: Path | 
     click.echo(str(folder))
 
 
-main.add_command(triton, name="export-triton")
+# The same command under a second name; its line in `rtk --help` says so instead of repeating
+# `deploy`'s job as if it were another one.
+alias = copy.copy(triton)
+alias.short_help = "Same as `rtk deploy triton`: a Triton model repository."
+main.add_command(alias, name="export-triton")
