@@ -49,3 +49,44 @@ def test_every_module_imports():
     for mod in pkgutil.walk_packages(rtk.__path__, "rtk."):
         if mod.name != "rtk.__main__":
             importlib.import_module(mod.name)
+
+
+def _modules_under_rtk():
+    from pathlib import Path
+
+    root = Path(rtk.__file__).parent
+    return root, sorted(root.rglob("*.py"))
+
+
+def test_stages_and_runtime_never_import_the_pipeline():
+    """rtk.pipeline chains the stages; a stage, data or the runtime importing it would close a circle."""
+    import ast
+
+    root, paths = _modules_under_rtk()
+    below = ("train", "export", "quantize", "build", "deploy", "data", "augment", "runtime")
+    offenders = []
+    for path in paths:
+        part = path.relative_to(root).parts[0].removesuffix(".py")
+        if part not in below:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:  # from rtk import pipeline, from rtk.pipeline ...
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(name == "rtk.pipeline" or name.startswith("rtk.pipeline.") for name in names):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []
+
+
+def test_every_module_fits_one_sitting_and_says_what_it_owns():
+    import ast
+
+    root, paths = _modules_under_rtk()
+    long = {str(p.relative_to(root)): n for p in paths if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}
+    undocumented = [str(p.relative_to(root)) for p in paths
+                    if p.name != "__main__.py" and not ast.get_docstring(ast.parse(p.read_text()))]
+    assert undocumented == []
