@@ -112,6 +112,26 @@ def test_batches_above_the_runner_max_are_split_and_joined():
     assert runner.batches == [4, 4, 2]
 
 
+def test_batch_sizes_sweep_then_repeat_and_pad_fills_the_last_batch():
+    x = images(20)
+    whole = Model(FakeRunner()).logits(x)
+    runner = FakeRunner(max_batch=8)
+    np.testing.assert_array_equal(Model(runner).logits(x, (1, 7, 16)), whole)
+    assert runner.batches == [1, 7, 8, 4]  # 16 capped at the runner's max; the rest as it comes
+    runner = FakeRunner()
+    np.testing.assert_array_equal(Model(runner).logits(x, (6,), pad=True), whole)
+    assert runner.batches == [6, 6, 6, 6]  # the last 2 images padded with copies to one shape
+
+
+def test_logits_of_the_wrong_shape_are_an_error():
+    class Truncating(FakeRunner):
+        def infer(self, feed):
+            return {OUTPUT_NAME: super().infer(feed)[OUTPUT_NAME][:1]}
+
+    with pytest.raises(RtkError, match=r"returned logits of shape \[1, 10\] for a batch of 3"):
+        Model(Truncating()).logits(images(3))
+
+
 def test_predict_returns_classes_and_probabilities():
     model = Model(FakeRunner())
     pred = model.predict(images(5))
