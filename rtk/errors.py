@@ -23,17 +23,25 @@ class MissingDependency(RtkError):
     exit_code = 2
 
 
-# Which extra of pyproject.toml brings each optional top-level module.
+# Which extra of pyproject.toml brings each optional top-level module. "gpu" stands for the two
+# TensorRT extras, one per CUDA major (pyproject.toml): pip cannot tell which driver a machine has.
 _EXTRA_FOR = {
     "onnx": "cpu",
     "onnxruntime": "cpu",
     "onnxscript": "cpu",
     "openvino": "openvino",
     "tensorrt": "gpu",
+    "polygraphy": "gpu",
     "cuda": "gpu",
-    "pycuda": "gpu",
+    "pycuda": "pycuda",
     "matplotlib": "cpu",
 }
+GPU_INSTALL = "pip install 'rtk[gpu-cu13]' (CUDA 13 driver) or 'rtk[gpu-cu12]' (CUDA 12 driver)"
+
+
+def install_hint(extra: str) -> str:
+    """The install command for an extra of pyproject.toml ("gpu": the two CUDA-major extras)."""
+    return GPU_INSTALL if extra == "gpu" else f"pip install 'rtk[{extra}]'"
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -46,19 +54,23 @@ def require(module: str, extra: str | None = None, min_version: str | None = Non
     """Import `module` or raise MissingDependency naming the install command.
 
     With `min_version`, an older installed version (its `__version__`) is refused the same way.
+    A package that is there but fails to import (a broken TensorRT install raises OSError or
+    FileNotFoundError for a missing shared library on some platforms, not ImportError) is one
+    MissingDependency too, naming the error.
     """
     top = module.split(".")[0]
-    extra = extra or _EXTRA_FOR.get(top, "cpu")
+    hint = install_hint(extra or _EXTRA_FOR.get(top, "cpu"))
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependency(
-            f"{top} is not installed ({exc}); install it with: pip install 'rtk[{extra}]'"
-        ) from exc
+        raise MissingDependency(f"{top} is not installed ({exc}); install it with: {hint}") from exc
+    except Exception as exc:  # any other failure of a third-party import is its install's
+        raise MissingDependency(f"{top} is installed but cannot be imported ({type(exc).__name__}: {exc}); "
+                                f"reinstall it with: {hint}") from exc
     found = getattr(mod, "__version__", "0")
     if min_version is not None and _version_tuple(found) < _version_tuple(min_version):
         raise MissingDependency(
             f"{top} {found} is too old: rtk needs {top}>={min_version}; "
-            f"upgrade it with: pip install -U 'rtk[{extra}]'"
+            f"upgrade it with: {hint.replace('pip install', 'pip install -U')}"
         )
     return mod

@@ -136,8 +136,8 @@ def test_cli_tensorrt_without_tensorrt_exits_2_with_one_line(tmp_path, monkeypat
     result = CliRunner().invoke(main, ["bench", "--backend", "tensorrt", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        ("error: --backend tensorrt: TensorRT is not installed; install it with: pip install 'rtk[gpu]' "
-        "(needs a CUDA GPU)")]
+        ("error: --backend tensorrt: TensorRT is not installed; install it with: pip install 'rtk[gpu-cu13]' "
+         "(CUDA 13 driver) or 'rtk[gpu-cu12]' (CUDA 12 driver) (needs a CUDA GPU)")]
     assert not list(tmp_path.iterdir())  # nothing made before the refusal
 
 

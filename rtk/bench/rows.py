@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rtk import pipeline
 from rtk.bench.timing import TimingPlan
-from rtk.errors import MissingDependency, RtkError, require
+from rtk.errors import GPU_INSTALL, MissingDependency, RtkError, require
 from rtk.log import Log
 from rtk.names import BACKENDS
 from rtk.pipeline import RunPaths
@@ -65,7 +65,7 @@ def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = in
     if asked == "tensorrt":
         if not have("tensorrt"):
             raise MissingDependency("--backend tensorrt: TensorRT is not installed; "
-                                    "install it with: pip install 'rtk[gpu]' (needs a CUDA GPU)")
+                                    f"install it with: {GPU_INSTALL} (needs a CUDA GPU)")
         if gpu is None:
             raise MissingDependency("--backend tensorrt: no CUDA device found (torch.cuda.is_available() "
                                     "is False)")
@@ -82,7 +82,7 @@ def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = in
         return BackendChoice("tensorrt", "cuda", f"auto: CUDA device {gpu} and TensorRT are present")
     if gpu is not None:
         return BackendChoice("torch", "cuda", f"auto: CUDA device {gpu} but TensorRT is not installed "
-                             "(pip install 'rtk[gpu]'): measuring the torch CUDA variants only")
+                             f"({GPU_INSTALL}): measuring the torch CUDA variants only")
     cpu_backend = next((b for b in ("openvino", "onnxruntime") if have(b)), None)
     if cpu_backend is None:
         raise MissingDependency("no CPU backend installed: install one with: pip install 'rtk[openvino]' "
