@@ -3,6 +3,7 @@ thread safety, the same top-1 as `rtk bench`, and an import that leaves torch ou
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -167,7 +168,7 @@ def test_load_refuses_missing_and_unknown_files(tmp_path):
 def test_tensorrt_engine_without_tensorrt_is_a_missing_dependency(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, as where it is absent
     write_fake_engine(tmp_path / "model.int8.plan", precision="int8")
-    with pytest.raises(MissingDependency, match=r"tensorrt is not installed.*rtk\[gpu\]") as info:
+    with pytest.raises(MissingDependency, match=r"tensorrt is not installed.*rtk\[gpu-cu13\].*rtk\[gpu-cu12\]") as info:
         rtk.runtime.load(tmp_path / "model.int8.plan")
     assert info.value.exit_code == 2
     with pytest.raises(RtkError, match="runs with tensorrt, not onnxruntime"):
@@ -299,11 +300,14 @@ print("torch loaded:", "torch" in sys.modules)
 
 
 class FakeCuda:
-    """Device memory as numpy buffers keyed by fake pointers; the interface of tensorrt_runner.CudaPython."""
+    """Device memory as numpy buffers keyed by fake pointers, and "pinned" host arrays it hands out
+    and tracks; the interface of tensorrt_runner.CudaPython."""
 
     def __init__(self) -> None:
         self.memory: dict[int, np.ndarray] = {}
         self.streams: set[int] = set()
+        self.pinned: list[np.ndarray] = []
+        self.copied_from: list[np.ndarray] = []  # the host arrays each to_device read
         self._next = 1
         self._lock = threading.Lock()
 
@@ -312,6 +316,9 @@ class FakeCuda:
             self._next += 1
             return self._next
 
+    def current(self):
+        return contextlib.nullcontext()
+
     def malloc(self, nbytes: int) -> int:
         pointer = self._handle()
         self.memory[pointer] = np.zeros(nbytes // 4, np.float32)
@@ -319,6 +326,14 @@ class FakeCuda:
 
     def free(self, pointer: int) -> None:
         del self.memory[pointer]
+
+    def host_array(self, shape: tuple) -> np.ndarray:
+        array = np.zeros(shape, np.float32)
+        self.pinned.append(array)
+        return array
+
+    def free_host(self, array: np.ndarray) -> None:
+        self.pinned = [a for a in self.pinned if a is not array]
 
     def stream(self) -> int:
         handle = self._handle()
@@ -329,6 +344,7 @@ class FakeCuda:
         self.streams.remove(stream)
 
     def to_device(self, pointer: int, array: np.ndarray, stream: int) -> None:
+        self.copied_from.append(array)
         self.memory[pointer][:array.size] = array.ravel()
 
     def to_host(self, array: np.ndarray, pointer: int, stream: int) -> None:
@@ -337,19 +353,17 @@ class FakeCuda:
     def synchronize(self, stream: int) -> None:
         assert stream in self.streams
 
-    def enter_thread(self) -> None:
-        return None
-
 
 class FakeContext:
     """logits = FakeRunner's function of the input, read from and written to FakeCuda memory."""
 
-    def __init__(self, cuda: FakeCuda, contexts: list) -> None:
-        self.cuda, self.addresses, self.shape = cuda, {}, None
+    def __init__(self, cuda: Any, contexts: list, bind_ok: bool = True) -> None:
+        self.cuda, self.addresses, self.shape, self.bind_ok = cuda, {}, None, bind_ok
         contexts.append(self)
 
-    def set_tensor_address(self, name: str, pointer: int) -> None:
+    def set_tensor_address(self, name: str, pointer: int) -> bool:
         self.addresses[name] = pointer
+        return self.bind_ok
 
     def set_input_shape(self, name: str, shape: tuple) -> bool:
         self.shape = shape
@@ -363,24 +377,33 @@ class FakeContext:
         return True
 
 
-@pytest.fixture
-def fake_tensorrt(tmp_path, monkeypatch):
-    """(engine path, FakeCuda, list of the contexts created) with tensorrt, cuda and the checks faked."""
+def fake_engine(monkeypatch, tmp_path, cuda: Any, make_context) -> tuple:
+    """(engine path, contexts created): tensorrt replaced by a stand-in whose engine makes its
+    contexts with make_context(cuda, contexts), the sidecar checks faked."""
     import types
 
     from rtk import build
-    from rtk.runtime import tensorrt_runner
 
-    cuda, contexts = FakeCuda(), []
-    engine = types.SimpleNamespace(create_execution_context=lambda: FakeContext(cuda, contexts))
+    contexts: list = []
+    engine = types.SimpleNamespace(create_execution_context=lambda: make_context(cuda, contexts))
     runtime = types.SimpleNamespace(deserialize_cuda_engine=lambda plan: engine)
     fake = types.SimpleNamespace(Logger=lambda severity: None, Runtime=lambda logger: runtime)
     fake.Logger.WARNING = "warning"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda: cuda)
     plan = tmp_path / "model.fp16.plan"
     sidecar = write_fake_engine(plan, precision="fp16", profile=(1, 2, 4))
     monkeypatch.setattr(build, "load_engine_checked", lambda path: (plan.read_bytes(), sidecar))
+    return plan, contexts
+
+
+@pytest.fixture
+def fake_tensorrt(tmp_path, monkeypatch):
+    """(engine path, FakeCuda, list of the contexts created) with tensorrt, cuda and the checks faked."""
+    from rtk.runtime import tensorrt_runner
+
+    cuda = FakeCuda()
+    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda: cuda)
+    plan, contexts = fake_engine(monkeypatch, tmp_path, cuda, FakeContext)
     return plan, cuda, contexts
 
 
@@ -392,12 +415,132 @@ def test_tensorrt_runner_splits_copies_and_frees(fake_tensorrt):
         np.testing.assert_allclose(model.logits(x), Model(FakeRunner()).logits(x), rtol=1e-6)
         assert len(contexts) == 1 and contexts[0].shape == (2, 3, 32, 32)  # 10 = 4 + 4 + 2
         assert cuda.memory[contexts[0].addresses[INPUT_NAME]].size == 4 * 3 * 32 * 32  # sized for max 4
+        # every host-to-device copy reads the pinned staging buffer (pageable memory would make it synchronous)
+        assert [a.shape for a in cuda.pinned] == [(4, 3, 32, 32), (4, 10)]
+        assert len(cuda.copied_from) == 3 and all(np.shares_memory(a, cuda.pinned[0]) for a in cuda.copied_from)
         work = model.runner.device_work(3)
         work.enqueue()
         assert contexts[0].shape == (3, 3, 32, 32) and work.stream in cuda.streams
         with pytest.raises(RtkError, match="outside the engine's profile 1..4"):
             model.runner.infer({INPUT_NAME: normalize_uint8_nhwc(images(5))})
-    assert cuda.memory == {} and cuda.streams == set()  # every buffer and stream released
+    assert cuda.memory == {} and cuda.streams == set() and cuda.pinned == []  # everything released
+
+
+@pytest.mark.parametrize("make_context, message", [
+    (lambda cuda, contexts: None, r"could not create an execution context .*returned None: out of GPU memory"),
+    (lambda cuda, contexts: FakeContext(cuda, contexts, bind_ok=False), r"set_tensor_address\('input'\) failed"),
+])
+def test_tensorrt_runner_checks_context_and_bindings(monkeypatch, tmp_path, make_context, message):
+    from rtk.runtime import tensorrt_runner
+
+    cuda = FakeCuda()
+    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda: cuda)
+    plan, _ = fake_engine(monkeypatch, tmp_path, cuda, make_context)
+    model = rtk.runtime.load(plan)
+    with pytest.raises(RtkError, match=message):
+        model.predict(images(2))
+    model.close()
+    assert cuda.memory == {} and cuda.pinned == []
+
+
+class FakePyCudaMemory:
+    """pycuda.driver's allocations and copies over a dict of numpy buffers, so FakeContext can
+    compute on them; each call checks that the primary context is current (pushed)."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver, self.memory, self.pinned = driver, {}, []
+
+    def install(self) -> None:
+        driver, memory, pinned = self.driver, self.memory, self.pinned
+
+        def needs_context() -> None:
+            assert driver.pushed > 0, "pycuda call without a current context"
+
+        class Allocation:
+            def __init__(self, nbytes: int) -> None:
+                needs_context()
+                self.pointer = 1000 + len(memory)
+                memory[self.pointer] = np.zeros(nbytes // 4, np.float32)
+
+            def __int__(self) -> int:
+                return self.pointer
+
+            def free(self) -> None:
+                needs_context()
+                del memory[self.pointer]
+
+        class HostAllocation:  # numpy takes the array interface; array.base is this object
+            def __init__(self, shape: tuple, dtype: Any) -> None:
+                needs_context()
+                self.buffer = np.zeros(shape, dtype)
+                self.__array_interface__ = self.buffer.__array_interface__
+                pinned.append(self)
+
+            def free(self) -> None:
+                needs_context()
+                pinned.remove(self)
+
+        class Stream:
+            count = 0
+
+            def __init__(self) -> None:
+                needs_context()
+                Stream.count += 1
+                self.handle = 500 + Stream.count
+
+            def synchronize(self) -> None:
+                needs_context()
+
+        def htod(pointer: int, array: np.ndarray, stream: Any) -> None:
+            needs_context()
+            memory[pointer][:array.size] = array.ravel()
+
+        def dtoh(array: np.ndarray, pointer: int, stream: Any) -> None:
+            needs_context()
+            array[...] = memory[pointer][:array.size].reshape(array.shape)
+
+        driver.mem_alloc, driver.pagelocked_empty, driver.Stream = Allocation, HostAllocation, Stream
+        driver.memcpy_htod_async, driver.memcpy_dtoh_async = htod, dtoh
+
+
+def test_tensorrt_runner_on_pycuda_pops_every_context_it_pushes(monkeypatch, tmp_path):
+    """With pycuda (cuda-python absent) the runner pushes the primary context around its work and
+    pops it again: none is left current on the calling thread (before, it was pushed and never popped)."""
+    from test_build import fake_pycuda
+
+    driver = fake_pycuda(monkeypatch)
+    memory = FakePyCudaMemory(driver)
+    memory.install()
+    plan, _ = fake_engine(monkeypatch, tmp_path, memory, FakeContext)
+    model = rtk.runtime.load(plan)
+    x = images(6)
+    np.testing.assert_allclose(model.logits(x), Model(FakeRunner()).logits(x), rtol=1e-6)
+    assert driver.pushed == 0  # balanced after inference
+    model.runner.device_work(2).enqueue()
+    assert driver.pushed == 0
+    model.close()
+    assert driver.pushed == 0 and memory.memory == {} and memory.pinned == []
+
+
+def test_stream_handles_avoid_the_deprecated_int_conversion(monkeypatch):
+    """cuda-bindings 12.9.1/13 deprecate int(cudaStream_t) for cuda.bindings.utils.get_cuda_native_handle."""
+    import types
+
+    from rtk.runtime import tensorrt_runner
+
+    class Stream:
+        used_int = False
+
+        def __int__(self) -> int:
+            Stream.used_int = True
+            return 5
+
+    utils = types.ModuleType("cuda.bindings.utils")
+    utils.get_cuda_native_handle = lambda stream: 0x7F00
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
+    assert tensorrt_runner.native_handle(Stream()) == 0x7F00 and not Stream.used_int
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # cuda-python before 12.9.1: int() it is
+    assert tensorrt_runner.native_handle(Stream()) == 5 and Stream.used_int
 
 
 def test_tensorrt_runner_gives_each_thread_its_own_context(fake_tensorrt):
