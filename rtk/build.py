@@ -1,4 +1,4 @@
-"""TensorRT engines from the rtk ONNX files; the only module that imports tensorrt.
+"""TensorRT engines from the rtk ONNX files; the only module that builds with tensorrt.
 
     model.onnx                -> model.fp32.plan   (+ model.fp32.plan.json sidecar, model.fp32.layers.json)
     model.fp16.onnx           -> model.fp16.plan
@@ -7,13 +7,24 @@
 Strongly typed networks only: every layer's precision comes from the ONNX (FP16 weights and casts,
 or QuantizeLinear/DequantizeLinear with calibrated scales), never from BuilderFlag.FP16/INT8 or a
 calibrator, which TensorRT 11 removed. The same calls build on TensorRT 10.x, where
-NetworkDefinitionCreationFlag.STRONGLY_TYPED turns strong typing on (11 ignores the flag: always on).
-Enum members are named, never numbered: 11 renumbered them (REFERENCE.md section 3).
+NetworkDefinitionCreationFlag.STRONGLY_TYPED turns strong typing on (11 deprecates the flag and
+renumbered it: it is looked up by name, and left out where a release no longer has it).
 
-TF32: BuilderFlag.TF32 is set by default, as TensorRT itself does: FP32 layers may round their inputs
-to 10-bit mantissas inside matrix products. `tf32=False` (rtk build --no-tf32) clears it for an FP32
-engine meant to match onnxruntime closely. torch's defaults differ (TF32 on for cuDNN convolutions,
-off for matmuls), so FP32 comparisons state it; the sidecar records the choice.
+The builder calls go through Polygraphy (NVIDIA's wrapper, released with each TensorRT and
+following its API changes): NetworkFromOnnxPath, CreateConfig, EngineBytesFromNetwork. What
+stays rtk's own: the sidecar, the compatibility checks, the layer-precision gate and the
+inspector report, and two checks Polygraphy leaves out (the profile was accepted, the timing
+cache was attached). Where Polygraphy's defaults differ from rtk's, rtk passes its own:
+
+- TF32: Polygraphy turns BuilderFlag.TF32 off unless asked; rtk asks for it by default (TensorRT's
+  own default): FP32 layers may round their inputs to 10-bit mantissas inside matrix products.
+  `tf32=False` (rtk build --no-tf32) clears it for an FP32 engine meant to match onnxruntime
+  closely. torch's defaults differ again (TF32 on for cuDNN convolutions, off for matmuls), so
+  FP32 comparisons state it; the sidecar records the choice.
+- Timing cache: Polygraphy's save_timing_cache merges the file's old entries into the new cache
+  (ignoring a GPU mismatch) and writes the file in place. rtk keeps one cache per GPU and TensorRT
+  version: a cache from another GPU or version is replaced by a new one, and the file is written
+  atomically (Polygraphy saves into a temporary file that rtk then renames).
 
 After the build the engine inspector's per-layer report (ProfilingVerbosity.DETAILED, read through
 an execution context at the profile's opt batch so formats are resolved) is saved as
@@ -21,22 +32,28 @@ an execution context at the profile's opt batch so formats are resolved) is save
 INT8 layer, or an FP16 build with no FP16 layer, fails and leaves no engine.
 
 Everything that needs no GPU (the sidecar, counting layer precisions, the version/GPU/sha256
-checks) is a plain function, tested on CPU with hand-written inspector reports.
+checks) is a plain function, tested on CPU with real inspector reports (tests/fixtures/).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
+import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rtk.errors import MissingDependency, RtkError, require
+from rtk.engine_meta import FORMAT as ENGINE_FORMAT
+from rtk.engine_meta import sidecar_path
+from rtk.errors import RtkError, require
 from rtk.fileio import atomic_path, provenance, sha256_file, write_text_atomic
 from rtk.log import Log, info
 from rtk.names import with_article
@@ -47,14 +64,18 @@ from rtk.runtime.base import INPUT_NAME
 if TYPE_CHECKING:
     import tensorrt as trt  # checked against typings/tensorrt (tests/test_build.py runs mypy)
 
-ENGINE_FORMAT = "rtk.engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
-# The datatype words of the inspector's "Format/Datatype" strings ("Row major linear FP32",
-# "Channel major FP16 format where channel % 8 == 0", "Thirty-two wide channel vectorized row major
-# Int8 format.", older "Float" / "Half") and of its weight "Type" fields.
+# 0.53.6 is the release for TensorRT 11.3 that reads 11's split inspector fields and guards the
+# deprecated STRONGLY_TYPED flag; pyproject.toml pins the same range.
+POLYGRAPHY_MIN_VERSION = "0.53.6"
+# The datatype words of the inspector's tensor strings ("Row major linear FP32", "Channel major FP16
+# format where channel % 8 == 0", "Thirty-two wide channel vectorized row major Int8 format", older
+# "Float" / "Half"; TensorRT 11's separate "Datatype") and of its weight "Type" fields ("Int8",
+# "Half", "Float"); the FP8 and FP4 names follow Polygraphy's _TRT_DTYPE_MAP.
 _DATATYPE_WORDS = {
-    "fp32": ("fp32", "float"), "fp16": ("fp16", "half"), "bf16": ("bf16", "bfloat16"),
-    "int8": ("int8",), "fp8": ("fp8",), "int32": ("int32",), "int64": ("int64",), "bool": ("bool",),
+    "fp32": ("fp32", "float", "float32"), "fp16": ("fp16", "half", "float16"), "bf16": ("bf16", "bfloat16"),
+    "int8": ("int8",), "fp8": ("fp8", "float8e4m3", "float8e5m2"), "int4": ("int4",), "fp4": ("fp4", "float4"),
+    "int32": ("int32",), "int64": ("int64",), "uint8": ("uint8",), "bool": ("bool",),
 }
 
 
@@ -72,13 +93,22 @@ def datatype_of(text: str) -> str | None:
     return None
 
 
+def tensor_datatype_texts(tensor: Mapping[str, Any]) -> list[str]:
+    """What a layer's input or output says about its datatype: TensorRT up to 10.x writes one
+    "Format/Datatype" string, 11.x a "Datatype" and a "Format" (11.0 migration notes; Polygraphy
+    0.53.6 tools/inspect/subtool/model/extractors/_trt.py reads both the same way)."""
+    return [str(tensor[key]) for key in ("Datatype", "Format/Datatype", "Format") if tensor.get(key)]
+
+
 def layer_precision(layer: Mapping[str, Any]) -> str:
-    """The precision a layer computes in: its weights' type if it has weights (Conv, Gemm), else
-    the datatype of its first input, else of its first output; "unknown" if none is stated."""
-    weights = layer.get("Weights")
-    candidates = [weights.get("Type", "")] if isinstance(weights, Mapping) else []
-    candidates += [str(t.get("Format/Datatype", "")) for t in (*layer.get("Inputs", ()), *layer.get("Outputs", ()))
-                   if isinstance(t, Mapping)]
+    """The precision a layer computes in: its weights' type if it has weights ("Weights" on a
+    convolution or Gemm, "ConvWeights" on fused layers such as ConvActPool), else the datatype of
+    its first input, else of its first output; "unknown" if none is stated."""
+    candidates = [str(value.get("Type", "")) for key, value in layer.items()
+                  if key.endswith("Weights") and isinstance(value, Mapping)]
+    for tensor in (*layer.get("Inputs", ()), *layer.get("Outputs", ())):
+        if isinstance(tensor, Mapping):
+            candidates += tensor_datatype_texts(tensor)
     return next((p for p in map(datatype_of, candidates) if p is not None), "unknown")
 
 
@@ -146,10 +176,6 @@ def compatibility_problems(sidecar: Mapping[str, Any], tensorrt_version: str, gp
     return problems
 
 
-def sidecar_path(plan_path: str | os.PathLike[str]) -> Path:
-    return Path(f"{os.fspath(plan_path)}.json")
-
-
 def layers_path(plan_path: str | os.PathLike[str]) -> Path:
     """model.int8.plan -> model.int8.layers.json"""
     return Path(plan_path).with_suffix(".layers.json")
@@ -195,25 +221,95 @@ def load_engine_checked(plan_path: str | os.PathLike[str]) -> tuple[bytes, dict[
 
 
 def cuda_device() -> dict[str, str]:
-    """{"name", "compute_capability"} of CUDA device 0 (cuda-python); MissingDependency without one."""
-    runtime = require("cuda.bindings.runtime", "gpu")
-    success = runtime.cudaError_t.cudaSuccess
-    error, count = runtime.cudaGetDeviceCount()
-    if error == success and count > 0:
-        error, prop = runtime.cudaGetDeviceProperties(0)
-    if error != success or count < 1:
-        reason = runtime.cudaGetErrorName(error)[1].decode() if error != success else "0 devices"
-        raise MissingDependency(f"no CUDA device ({reason}): TensorRT needs an NVIDIA GPU and its driver")
-    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-    return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{prop.major}.{prop.minor}"}
+    """{"name", "compute_capability"} of CUDA device 0, asked through the binding the runner uses
+    (cuda-python, else pycuda); MissingDependency without either or without a device."""
+    from rtk.runtime.tensorrt_runner import cuda_binding
+
+    return cuda_binding().device()
 
 
 def running_environment() -> tuple[str, dict[str, str]]:
     """(TensorRT version, GPU) of this machine; MissingDependency (exit 2) where either is missing."""
-    require("tensorrt", "gpu")  # one line with the install hint where it is missing
-    import tensorrt as trt
+    tensorrt = require("tensorrt", "gpu")  # one line with the install hint where it is missing
+    return str(tensorrt.__version__), cuda_device()
 
-    return trt.__version__, cuda_device()
+
+def builder_environment() -> tuple[str, dict[str, str]]:
+    """running_environment(), with Polygraphy (which `rtk build` builds through) required too."""
+    environment = running_environment()
+    require("polygraphy", "gpu", min_version=POLYGRAPHY_MIN_VERSION)
+    return environment
+
+
+def strongly_typed_flag_exists(trt_module: Any) -> bool:
+    """Whether this TensorRT has NetworkDefinitionCreationFlag.STRONGLY_TYPED, looked up by name:
+    10.x needs it for strong typing; 11 deprecated it (and renumbered it 1 -> 0) because strong
+    typing is always on, so a release without it builds strongly typed with no flag at all."""
+    return hasattr(trt_module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+@contextlib.contextmanager
+def _polygraphy_logs_to_stderr() -> Iterator[None]:
+    """Polygraphy prints its (and TensorRT's) messages on stdout; rtk keeps stdout for results.
+    Warnings and errors only: rtk logs its own progress."""
+    from polygraphy.logger import G_LOGGER
+
+    with contextlib.redirect_stdout(sys.stderr), G_LOGGER.verbosity(G_LOGGER.WARNING):
+        yield
+
+
+def _check_config(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, *,
+                  cache_path: Path, log: Log) -> None:
+    """rtk's checks on the IBuilderConfig that Polygraphy's CreateConfig made, for the two returns
+    it leaves unchecked (polygraphy/backend/trt/config.py): add_optimization_profile's -1 and
+    set_timing_cache's False, which leaves the build without a cache (a saved cache from another
+    GPU or TensorRT version is refused that way)."""
+    if config.num_optimization_profiles != 1:
+        raise RtkError(f"TensorRT refused the optimization profile for {INPUT_NAME!r} (add_optimization_profile "
+                       "failed; see the TensorRT log above)")
+    if config.get_timing_cache() is None:
+        log(f"{cache_path} is from another GPU or TensorRT version (or unreadable): starting a new timing cache")
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise RtkError("TensorRT could not create a timing cache")
+
+
+def _engine_bytes(onnx_path: Path, *, cache_path: Path, strongly_typed: bool, tf32: bool, workspace_mb: int,
+                  optimization_level: int, batches: tuple[int, int, int], log: Log) -> tuple[bytes, bytes]:
+    """(serialized engine, serialized timing cache) built through Polygraphy's loaders
+    (polygraphy/backend/trt/loader.py, config.py, profile.py); their errors become RtkError."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        Profile,
+        engine_bytes_from_network,
+    )
+    from polygraphy.exception import PolygraphyException
+
+    profile = Profile().add(INPUT_NAME, *((batch, *IMAGE_SHAPE) for batch in batches))  # [N, 3, 32, 32]
+    network = NetworkFromOnnxPath(os.fspath(onnx_path), strongly_typed=strongly_typed)
+    try:
+        # The timing cache goes in and out through unnamed temporary files (Polygraphy takes open
+        # binary files as well as paths): no .lock file beside the cache, and rtk alone decides
+        # when the file on disk is replaced.
+        with _polygraphy_logs_to_stderr(), tempfile.TemporaryFile() as saved, tempfile.TemporaryFile() as new:
+            if cache_path.is_file():
+                saved.write(cache_path.read_bytes())
+                saved.seek(0)
+            config = CreateConfig(
+                tf32=tf32, profiles=[profile], memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
+                builder_optimization_level=optimization_level, profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+                load_timing_cache=saved if cache_path.is_file() else None)
+            checked = PostprocessConfig(config, functools.partial(_check_config, cache_path=cache_path, log=log))
+            plan = engine_bytes_from_network(network, checked, save_timing_cache=new)
+            new.seek(0)
+            return bytes(plan), new.read()
+    except (PolygraphyException, RuntimeError, ValueError) as exc:  # TensorRT's own calls raise the last two
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RtkError(f"TensorRT could not build an engine from {onnx_path}: {reason} "
+                       "(see the TensorRT log above)") from exc
 
 
 def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str], *, precision: str,
@@ -235,58 +331,25 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     if metadata.get("precision") != precision:
         raise RtkError(f"{onnx_path} is {with_article(str(metadata.get('precision')))} model, not {precision}: strongly typed "
                        f"engines take their precision from the ONNX (use `rtk quantize` to make it)")
-    tensorrt_version, gpu = running_environment()
+    tensorrt_version, gpu = builder_environment()
     import tensorrt as trt
 
     cache_path = Path(timing_cache) if timing_cache is not None else out.parent / "timing.cache"
     log(f"building a {precision} TensorRT {tensorrt_version} engine for {gpu['name']} from {onnx_path} "
         f"(batch {min_batch}/{opt_batch}/{max_batch}, TF32 {'on' if tf32 else 'off'}, "
         f"optimization level {optimization_level})")
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(os.fspath(onnx_path)):
-        errors = [f"  node {parser.get_error(i).node()}: {parser.get_error(i).code()}: "
-                  f"{parser.get_error(i).desc()}" for i in range(parser.num_errors)]
-        raise RtkError(f"TensorRT's ONNX parser rejected {onnx_path}:\n" + "\n".join(errors))
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    config.builder_optimization_level = optimization_level
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if tf32:
-        config.set_flag(trt.BuilderFlag.TF32)
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *((batch, *IMAGE_SHAPE) for batch in (min_batch, opt_batch, max_batch)))
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        log(f"{cache_path} is unreadable or from another GPU / TensorRT version: starting a new timing cache")
-        cache = config.create_timing_cache(b"")
-        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            raise RtkError("TensorRT could not create a timing cache")
-
     started = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RtkError(f"TensorRT could not build an engine from {onnx_path} (see its messages above)")
-    plan = bytes(serialized)
+    plan, cache = _engine_bytes(onnx_path, cache_path=cache_path, strongly_typed=strongly_typed_flag_exists(trt),
+                                tf32=tf32, workspace_mb=workspace_mb, optimization_level=optimization_level,
+                                batches=(min_batch, opt_batch, max_batch), log=log)
     seconds = time.perf_counter() - started
-    with atomic_path(cache_path) as tmp:
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    if cache:
+        with atomic_path(cache_path) as tmp:
+            tmp.write_bytes(cache)
+    else:
+        log(f"TensorRT gave no timing cache to save: {cache_path} left as it was")
 
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-    if engine is None:
-        raise RtkError(f"TensorRT could not deserialize the engine it just built from {onnx_path}")
-    context = engine.create_execution_context()
-    context.set_input_shape(INPUT_NAME, (opt_batch, *IMAGE_SHAPE))
-    inspector = engine.create_engine_inspector()
-    inspector.execution_context = context
-    report = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    engine, report = _inspect(trt, plan, opt_batch, onnx_path)
     write_text_atomic(layers_path(out), json.dumps(report, indent=1) + "\n")
     counts = count_layer_precisions(report)
     log(f"layers per precision: {', '.join(f'{p} {n}' for p, n in counts.items())} "
@@ -298,14 +361,14 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
         name = engine.get_tensor_name(i)
         kind = "inputs" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "outputs"
         tensors[kind].append({"name": name, "shape": list(engine.get_tensor_shape(name)),
-                              "dtype": _numpy_dtype_name(engine.get_tensor_dtype(name))})
+                              "dtype": numpy_dtype_name(engine.get_tensor_dtype(name), name)})
     sidecar = engine_sidecar(
         tensorrt_version=tensorrt_version, gpu=gpu, precision=precision, metadata=metadata, **tensors,
         profile={"min": min_batch, "opt": opt_batch, "max": max_batch}, onnx_sha256=sha256_file(onnx_path),
         engine_sha256=hashlib.sha256(plan).hexdigest(), tf32=tf32, optimization_level=optimization_level,
         layer_precisions=counts, workspace_mb=workspace_mb, onnx=onnx_path.name,
         layers=layers_path(out).name, build_seconds=round(seconds, 1),
-        provenance=provenance("tensorrt", "onnx", "cuda-python"))
+        provenance=provenance("tensorrt", "polygraphy", "onnx", "cuda-python"))
     with atomic_path(out) as tmp:
         tmp.write_bytes(plan)
         write_text_atomic(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
@@ -313,9 +376,37 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     return out
 
 
-def _numpy_dtype_name(dtype: trt.DataType) -> str:
-    """'float32' for DataType.FLOAT: the names rtk.runtime and the C++ app read from the sidecar."""
+def _inspect(trt_module: Any, plan: bytes, opt_batch: int, onnx_path: Path) -> tuple[trt.ICudaEngine, Any]:
+    """(engine, inspector JSON report) of a plan just built. The inspector reads the layers through
+    an execution context at the opt batch, so formats are resolved (Polygraphy
+    tools/inspect/subtool/model/extractors/_trt.py sets inspector.execution_context the same way)."""
+    from polygraphy.backend.trt import engine_from_bytes
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        with _polygraphy_logs_to_stderr():
+            engine: trt.ICudaEngine = engine_from_bytes(plan)
+    except PolygraphyException as exc:
+        raise RtkError(f"TensorRT could not deserialize the engine it just built from {onnx_path}") from exc
+    context = engine.create_execution_context()
+    if context is None:
+        raise RtkError(f"TensorRT could not create an execution context for the engine built from {onnx_path} "
+                       "(create_execution_context returned None: out of GPU memory?)")
+    if not context.set_input_shape(INPUT_NAME, (opt_batch, *IMAGE_SHAPE)):
+        raise RtkError(f"the engine built from {onnx_path} refused input shape {(opt_batch, *IMAGE_SHAPE)}")
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
+    return engine, json.loads(inspector.get_engine_information(trt_module.LayerInformationFormat.JSON))
+
+
+def numpy_dtype_name(dtype: trt.DataType, tensor: str) -> str:
+    """'float32' for DataType.FLOAT: the names rtk.runtime and the C++ app read from the sidecar.
+    trt.nptype raises TypeError for types numpy lacks (BF16, FP8, FP4, INT4): one RtkError."""
     import numpy as np
     import tensorrt as trt
 
-    return np.dtype(trt.nptype(dtype)).name
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except TypeError:
+        raise RtkError(f"engine tensor {tensor!r} is {dtype.name}, which numpy has no type for; rtk engines take "
+                       "and return float32 (keep the ONNX's inputs and outputs float32)") from None

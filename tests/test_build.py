@@ -1,18 +1,23 @@
 """rtk.build, `rtk build` and scripts/gpu_check_tensorrt.py without TensorRT or a GPU: the sidecar, the
-per-layer precision count from inspector reports, the engine/version/GPU checks, the one-line exit 2
-where TensorRT or a CUDA device is missing, and a mypy run of rtk/build.py against typings/tensorrt.
+per-layer precision count from inspector reports (real ones TensorRT wrote, tests/fixtures/, and
+their TensorRT 11 form), the engine/version/GPU checks, the build through Polygraphy's loaders
+against a stand-in tensorrt module (tests/trt_standin.py: what rtk asks TensorRT for, and how it
+takes each refusal), the one-line exit 2 where TensorRT, Polygraphy or a CUDA device is missing,
+and a mypy run of rtk/build.py and the TensorRT runner against typings/.
 
-The inspector reports below are hand-written in the format TensorRT documents and prints:
-{"Layers": [...], "Bindings": [...]} in 10.x, "I/O Tensors" instead of "Bindings" in 11.x
-(docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-IEngineInspector.html),
-each layer with Inputs/Outputs whose "Format/Datatype" names the datatype and, for convolutions,
-"Weights": {"Type": ..., "Count": ...} (ProfilingVerbosity.DETAILED).
+The small hand-written reports below follow the format TensorRT documents and prints:
+{"Layers": [...], "Bindings": [...]} up to 10.x, each layer with Inputs/Outputs whose
+"Format/Datatype" names the datatype and, for convolutions, "Weights": {"Type": ..., "Count": ...}
+(ProfilingVerbosity.DETAILED); in 11.x "I/O Tensors" replaces "Bindings" and each tensor's
+"Format/Datatype" is split into "Datatype" and "Format"
+(docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-IEngineInspector.html).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -22,6 +27,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import write_fake_engine
+from test_cpp import tiny_rtk_onnx
+from trt_standin import OTHER_GPU_CACHE, PLAN, forget_cached_tensorrt, make_tensorrt
 
 from rtk import build
 from rtk.cli import main
@@ -29,8 +36,13 @@ from rtk.errors import MissingDependency, RtkError
 from rtk.preprocess import CLASSES, normalization_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
+GPU_INSTALL = "pip install 'rtk[gpu-cu13]' (CUDA 13 driver) or 'rtk[gpu-cu12]' (CUDA 12 driver)"
 MISSING_TENSORRT = ("tensorrt is not installed (import of tensorrt halted; None in sys.modules); "
-                    "install it with: pip install 'rtk[gpu]'")
+                    f"install it with: {GPU_INSTALL}")
+FIXTURES = ROOT / "tests" / "fixtures" / "tensorrt_inspector"
+# precision -> the report TensorRT wrote for such a ResNet-18 engine (tests/fixtures/.../README.md)
+REAL_REPORTS = {"fp32": "resnet18-fp32.engine.graph.json", "fp16": "resnet18-fp16.engine.graph.json",
+                "int8": "resnet18-qat-int8.engine.graph.json"}
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
 
@@ -67,18 +79,26 @@ INT8_ENGINE_TRT10 = {
     "Bindings": ["input", "logits"],
 }
 
+def tensor11(name: str, datatype: str, layout: str, dims: list[int]) -> dict:
+    """A layer tensor as TensorRT 11 writes it: datatype and format in separate fields."""
+    return {"Name": name, "Location": "Device", "Dimensions": dims, "Datatype": datatype, "Format": layout}
+
+
 FP16_ENGINE_TRT11 = {
     "Layers": [
         {"Name": "input cast", "LayerType": "Reformat",
-         "Inputs": [tensor("input", "Row major linear FP32 format (kLINEAR)", [256, 3, 32, 32])],
-         "Outputs": [tensor("x16", "Channel major FP16 format where channel % 8 == 0", [256, 3, 32, 32])]},
+         "Inputs": [tensor11("input", "Float", "Row major linear format (kLINEAR)", [256, 3, 32, 32])],
+         "Outputs": [tensor11("x16", "Half", "Channel major format where channel % 8 == 0", [256, 3, 32, 32])]},
         {"Name": "conv1 + relu", "LayerType": "CaskConvolution",
-         "Inputs": [tensor("x16", "Channel major FP16 format where channel % 8 == 0", [256, 3, 32, 32])],
-         "Outputs": [tensor("y", "Channel major FP16 format where channel % 8 == 0", [256, 16, 32, 32])],
+         "Inputs": [tensor11("x16", "Half", "Channel major format where channel % 8 == 0", [256, 3, 32, 32])],
+         "Outputs": [tensor11("y", "Half", "Channel major format where channel % 8 == 0", [256, 16, 32, 32])],
          "Weights": {"Type": "Half", "Count": 432}},
+        {"Name": "pool", "LayerType": "CaskPooling",
+         "Inputs": [tensor11("y", "Half", "Channel major format where channel % 8 == 0", [256, 16, 32, 32])],
+         "Outputs": [tensor11("y16", "Half", "Two wide channel vectorized row major format", [256, 10])]},
         {"Name": "logits cast", "LayerType": "Reformat",
-         "Inputs": [tensor("y16", "Two wide channel vectorized row major FP16 format", [256, 10])],
-         "Outputs": [tensor("logits", "Row major linear FP32 format (kLINEAR)", [256, 10])]},
+         "Inputs": [tensor11("y16", "Half", "Two wide channel vectorized row major format", [256, 10])],
+         "Outputs": [tensor11("logits", "Float", "Row major linear format (kLINEAR)", [256, 10])]},
     ],
     "I/O Tensors": [
         {"Name": "input", "IOMode": "Input", "DataType": "Float", "Dimensions": [-1, 3, 32, 32],
@@ -107,7 +127,12 @@ FLOAT_ENGINE_OLD_NAMES = {
 
 def test_layer_precisions_are_counted_from_weights_and_formats():
     assert build.count_layer_precisions(INT8_ENGINE_TRT10) == {"fp32": 3, "int8": 2}
-    assert build.count_layer_precisions(FP16_ENGINE_TRT11) == {"fp16": 2, "fp32": 1}
+    assert build.count_layer_precisions(FP16_ENGINE_TRT11) == {"fp16": 3, "fp32": 1}  # 11.x: split fields
+    # fused layers (ConvActPool) name their weights "ConvWeights": the weights' type decides
+    fused = {"Name": "conv1 + pool", "LayerType": "ConvActPool", "ConvWeights": {"Type": "Int8", "Count": 9408},
+             "ConvBias": {"Type": "Float", "Count": 64}, "ConvHasSparseWeights": 0,
+             "Inputs": [tensor("x", "Row major linear FP32", [32, 3, 224, 224])]}
+    assert build.layer_precision(fused) == "int8"
     assert build.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES) == {"fp32": 1, "unknown": 1}
     # LAYER_NAMES_ONLY verbosity lists names only: nothing can be claimed about precision
     assert build.count_layer_precisions({"Layers": ["conv1", "conv2"], "Bindings": []}) == {"unknown": 2}
@@ -126,6 +151,59 @@ def test_a_build_without_layers_of_its_precision_fails():
         build.check_layer_precisions("int8", build.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES), "model.int8.plan")
     with pytest.raises(RtkError, match="no fp16 layer"):
         build.check_layer_precisions("fp16", build.count_layer_precisions(INT8_ENGINE_TRT10), "model.fp16.plan")
+
+
+def real_report(precision: str) -> dict:
+    return json.loads((FIXTURES / REAL_REPORTS[precision]).read_text())
+
+
+# The datatype word of a TensorRT <= 10.x "Format/Datatype" string -> the DataType name TensorRT 11
+# writes in its separate "Datatype" field (11's "I/O Tensors" spell it "Float", as the migration
+# notes show; "Half" and "Int8" are the same enum's names).
+_DATATYPE_NAMES = {"FP32": "Float", "Float": "Float", "FP16": "Half", "Half": "Half", "Int8": "Int8"}
+_DATATYPE_WORD = re.compile(r"\b(" + "|".join(_DATATYPE_NAMES) + r")\b")
+
+
+def trt11_form(report: dict) -> dict:
+    """The same report in TensorRT 11's schema (11.0 migration notes; Polygraphy 0.53.6
+    extractors/_trt.py reads both): every layer tensor's "Format/Datatype" string becomes a
+    "Datatype" (the DataType name) and a "Format" (the string without the datatype word, so only
+    "Datatype" says it), and "Bindings" (names) becomes "I/O Tensors" (objects)."""
+    def split(tensor: dict) -> dict:
+        tensor = dict(tensor)
+        combined = tensor.pop("Format/Datatype")
+        word = _DATATYPE_WORD.search(combined)
+        assert word, f"no datatype word in {combined!r}"
+        tensor["Datatype"] = _DATATYPE_NAMES[word.group(1)]
+        tensor["Format"] = " ".join(_DATATYPE_WORD.sub("", combined).split())
+        return tensor
+
+    layers = [{**layer, "Inputs": [split(t) for t in layer.get("Inputs", [])],
+               "Outputs": [split(t) for t in layer.get("Outputs", [])]} for layer in report["Layers"]]
+    io_tensors = [{"Name": name, "IOMode": "Input" if i == 0 else "Output", "DataType": "Float",
+                   "Location": "Device", "IsShapeInferenceIO": False} for i, name in enumerate(report["Bindings"])]
+    return {"Layers": layers, "I/O Tensors": io_tensors}
+
+
+@pytest.mark.parametrize("precision, expected", [
+    ("fp32", {"fp32": 32}), ("fp16", {"fp16": 35, "fp32": 1}), ("int8", {"fp32": 2, "int8": 22})])
+def test_real_inspector_reports_in_both_schemas(precision: str, expected: dict):
+    """Reports TensorRT wrote (FP32, FP16 and QAT-INT8 ResNet-18 engines on an A100) and their 11.x
+    form: every layer gets a known precision, the same one in both schemas."""
+    report = real_report(precision)
+    report11 = trt11_form(report)
+    assert "Format/Datatype" not in json.dumps(report11) and "Bindings" not in report11
+    per_layer = [build.layer_precision(layer) for layer in report["Layers"]]
+    assert per_layer == [build.layer_precision(layer) for layer in report11["Layers"]]
+    assert build.count_layer_precisions(report) == build.count_layer_precisions(report11) == expected
+    assert sum(expected.values()) == len(report["Layers"])  # no layer unknown
+    build.check_layer_precisions(precision, expected, f"model.{precision}.plan")
+    if precision == "int8":  # the fused ConvActPool layer states its weights as "ConvWeights"
+        fused = next(layer for layer in report11["Layers"] if layer["LayerType"] == "ConvActPool")
+        assert "Weights" not in fused and build.layer_precision(fused) == "int8"
+    else:
+        with pytest.raises(RtkError, match="no int8 layer"):
+            build.check_layer_precisions("int8", expected, "model.int8.plan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,20 +287,237 @@ def test_cli_without_tensorrt_is_one_line_and_exit_2_before_making_inputs(no_ten
         f"error: {MISSING_TENSORRT}"]
 
 
-def test_no_cuda_device_is_one_clear_line(monkeypatch):
+def fake_cuda_python(monkeypatch, count: int, error: int = 0) -> types.SimpleNamespace:
+    """cuda.bindings.runtime as cuda-python has it, with `count` devices (an H100 as device 0)."""
     errors = types.SimpleNamespace(cudaSuccess=0, cudaErrorNoDevice=100)
-    runtime = types.SimpleNamespace(
-        cudaError_t=errors, cudaGetDeviceCount=lambda: (errors.cudaErrorNoDevice, 0),
-        cudaGetErrorName=lambda error: (0, b"cudaErrorNoDevice"))
-    monkeypatch.setattr(build, "require", lambda module, extra=None, **kw: runtime)
+    props = types.SimpleNamespace(name=b"NVIDIA H100 80GB HBM3\x00\x00", major=9, minor=0)
+    runtime = types.ModuleType("cuda.bindings.runtime")
+    runtime.cudaError_t = errors
+    runtime.cudaGetDeviceCount = lambda: (error, count)
+    runtime.cudaGetDeviceProperties = lambda index: (errors.cudaSuccess, props)
+    runtime.cudaGetErrorName = lambda err: (0, b"cudaErrorNoDevice")
+    for name, module in (("cuda", types.ModuleType("cuda")), ("cuda.bindings", types.ModuleType("cuda.bindings")),
+                         ("cuda.bindings.runtime", runtime)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return runtime
+
+
+def fake_pycuda(monkeypatch, name: str = "NVIDIA L4", capability: tuple = (8, 9)) -> types.ModuleType:
+    """pycuda.driver with one device, where cuda-python is not installed; counts context pushes."""
+    for module in ("cuda", "cuda.bindings", "cuda.bindings.runtime"):
+        monkeypatch.setitem(sys.modules, module, None)
+    driver = types.ModuleType("pycuda.driver")
+    driver.pushed = 0
+
+    class Context:
+        def push(self) -> None:
+            driver.pushed += 1
+
+        @staticmethod
+        def pop() -> None:
+            driver.pushed -= 1
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def name(self) -> str:
+            return name
+
+        def compute_capability(self) -> tuple:
+            return capability
+
+        def retain_primary_context(self) -> Context:
+            return Context()
+
+    driver.init, driver.Device, driver.Context = (lambda: None), Device, Context
+    monkeypatch.setitem(sys.modules, "pycuda", types.ModuleType("pycuda"))
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    return driver
+
+
+def test_no_cuda_device_is_one_clear_line(monkeypatch):
+    fake_cuda_python(monkeypatch, count=0, error=100)
     with pytest.raises(MissingDependency, match=r"^no CUDA device \(cudaErrorNoDevice\): TensorRT needs an "
                                                 r"NVIDIA GPU and its driver$") as raised:
         build.cuda_device()
     assert raised.value.exit_code == 2
-    props = types.SimpleNamespace(name=b"NVIDIA H100 80GB HBM3\x00\x00", major=9, minor=0)
-    runtime.cudaGetDeviceCount = lambda: (errors.cudaSuccess, 1)
-    runtime.cudaGetDeviceProperties = lambda index: (errors.cudaSuccess, props)
+    fake_cuda_python(monkeypatch, count=0)
+    with pytest.raises(MissingDependency, match=r"no CUDA device \(0 devices\)"):
+        build.cuda_device()
+    fake_cuda_python(monkeypatch, count=1)
     assert build.cuda_device() == H100
+
+
+def test_device_is_asked_through_pycuda_where_cuda_python_is_absent(monkeypatch):
+    """The pycuda fallback: the GPU name and compute capability come from pycuda, not from a
+    cuda-python that is not there (before, every TensorRT command exited 2 saying cuda was missing)."""
+    fake_pycuda(monkeypatch)
+    assert build.cuda_device() == {"name": "NVIDIA L4", "compute_capability": "8.9"}
+
+
+def test_a_broken_install_is_a_missing_dependency_not_a_traceback(monkeypatch, tmp_path):
+    """A package that is there but whose import fails with something other than ImportError (a
+    TensorRT whose shared library is missing raises FileNotFoundError on some platforms)."""
+    (tmp_path / "broken_trt").mkdir()
+    (tmp_path / "broken_trt" / "__init__.py").write_text(
+        "raise FileNotFoundError(2, 'No such file or directory', 'libnvinfer.so.10')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingDependency, match=r"^broken_trt is installed but cannot be imported "
+                                                r"\(FileNotFoundError: .*libnvinfer.so.10.*\); reinstall it with: "
+                                                + re.escape(GPU_INSTALL)) as raised:
+        build.require("broken_trt", "gpu")
+    assert raised.value.exit_code == 2
+
+
+def test_gpu_extras_keep_one_cuda_major_and_a_cuda_python_with_bindings_runtime():
+    """pyproject.toml: one GPU extra per CUDA major, so pip cannot mix a CUDA 12 TensorRT with
+    cuda-python 13 (which needs a CUDA 13 driver); cuda.bindings.runtime ships from cuda-python
+    12.6.1 on, so no extra may allow an older one."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for major in ("12", "13"):
+        requirements = {r.name: r for r in map(Requirement, extras[f"gpu-cu{major}"])}
+        cuda_python = requirements["cuda-python"].specifier
+        assert "12.6.0" not in cuda_python and "12.5.0" not in cuda_python
+        assert all(version.startswith(major) for version in ("12.6.1", "12.9.1", "13.0.0", "13.4.4")
+                   if version in cuda_python)
+        assert f"{major}.9.9" in cuda_python and f"{int(major) + 1}.0.0" not in cuda_python
+        assert f"tensorrt-cu{major}" in requirements and "tensorrt" not in requirements
+        assert {"10.13.3", "11.4.0"} <= {v for v in ("10.13.3", "11.4.0", "12.0.0")
+                                          if v in requirements[f"tensorrt-cu{major}"].specifier}
+        assert "0.53.6" in requirements["polygraphy"].specifier and "0.53.4" not in requirements["polygraphy"].specifier
+    assert "gpu" not in extras  # one extra that mixes majors would be picked by habit
+
+
+# ---------------------------------------------------------------------------------------------
+# The build through Polygraphy, against the stand-in tensorrt module (tests/trt_standin.py)
+
+
+@pytest.fixture
+def standin(monkeypatch, tmp_path):
+    """install(**make_tensorrt arguments) -> the stand-in module, put where `import tensorrt`
+    finds it, with an H100 as the CUDA device."""
+    def install(**kwargs):
+        trt = make_tensorrt(**kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        forget_cached_tensorrt()
+        monkeypatch.setattr(build, "cuda_device", lambda: H100)
+        return trt
+
+    yield install
+    forget_cached_tensorrt()
+
+
+def test_build_goes_through_polygraphy_with_rtk_settings(standin, tmp_path, capsys):
+    trt = standin(version="10.13.0.35", report=real_report("int8"))
+    onnx_path = tiny_rtk_onnx(tmp_path / "model.int8.tensorrt.onnx", precision="int8")
+    (tmp_path / "timing.cache").write_bytes(b"timings of this GPU")
+    logs: list[str] = []
+    out = build.build_engine(onnx_path, tmp_path / "model.int8.plan", precision="int8", log=logs.append)
+
+    assert trt.calls["create_network"] == [1 << 1]  # STRONGLY_TYPED, looked up by name (1 in 10.x)
+    assert trt.calls["parse_from_file"] == [str(onnx_path)]
+    assert trt.calls["set_shape"] == [("input", (1, 3, 32, 32), (256, 3, 32, 32), (1024, 3, 32, 32))]
+    assert trt.calls["set_memory_pool_limit"] == [(trt.MemoryPoolType.WORKSPACE, 1024 << 20)]
+    [built] = trt.calls["build"]
+    assert trt.BuilderFlag.TF32 in built["flags"]  # rtk's default (Polygraphy's is off)
+    assert not {trt.BuilderFlag.FP16, trt.BuilderFlag.INT8} & built["flags"]  # strongly typed: no precision flags
+    assert built["verbosity"] == trt.ProfilingVerbosity.DETAILED and built["level"] == 3
+    assert built["cache"] == b"timings of this GPU"  # the saved cache was read and attached
+    assert (tmp_path / "timing.cache").read_bytes() == b"timing cache:timings of this GPU"  # written back
+    assert trt.calls["set_input_shape"] == [("input", (256, 3, 32, 32))]  # inspected at the opt batch
+    [(fmt, context)] = trt.calls["inspector"]
+    assert fmt == trt.LayerInformationFormat.JSON and context is not None
+
+    assert out.read_bytes() == PLAN
+    sidecar = json.loads(build.sidecar_path(out).read_text())
+    assert sidecar["layer_precisions"] == {"fp32": 2, "int8": 22} and sidecar["tf32"] is True
+    assert sidecar["tensorrt_version"] == "10.13.0.35" and sidecar["gpu"] == H100
+    assert sidecar["inputs"] == [{"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32"}]
+    assert json.loads(build.layers_path(out).read_text()) == real_report("int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # no .lock or temporary file left
+        "model.int8.layers.json", "model.int8.plan", "model.int8.plan.json", "model.int8.tensorrt.onnx",
+        "timing.cache"]
+    assert capsys.readouterr().out == ""  # Polygraphy's messages go to stderr, results own stdout
+    assert any("int8 22" in line for line in logs)
+
+
+@pytest.mark.parametrize("version, strongly_typed_value, flags", [
+    ("10.13.0.35", 1, 1 << 1),  # 10.x: the flag turns strong typing on
+    ("11.4.0.106", 0, 1 << 0),  # 11.x renumbered the deprecated flag: still asked for by name
+    ("11.9.0.1", None, 0),  # a release without the member: strong typing is always on, no flags
+])
+def test_strongly_typed_flag_is_looked_up_by_name(standin, tmp_path, version, strongly_typed_value, flags):
+    report = real_report("fp16") if version.startswith("10.") else trt11_form(real_report("fp16"))
+    trt = standin(version=version, strongly_typed_value=strongly_typed_value, report=report)
+    onnx_path = tiny_rtk_onnx(tmp_path / "model.fp16.onnx", precision="fp16")
+    out = build.build_engine(onnx_path, tmp_path / "model.fp16.plan", precision="fp16", log=lambda _: None,
+                             tf32=False, optimization_level=5, workspace_mb=64)
+    assert trt.calls["create_network"] == [flags]
+    [built] = trt.calls["build"]
+    assert trt.BuilderFlag.TF32 not in built["flags"] and built["level"] == 5  # --no-tf32 clears it
+    assert trt.calls["set_memory_pool_limit"] == [(trt.MemoryPoolType.WORKSPACE, 64 << 20)]
+    assert json.loads(build.sidecar_path(out).read_text())["layer_precisions"] == {"fp16": 35, "fp32": 1}
+
+
+def test_a_timing_cache_of_another_gpu_is_replaced_not_merged(standin, tmp_path):
+    trt = standin(report=real_report("fp32"))
+    onnx_path = tiny_rtk_onnx(tmp_path / "model.onnx")
+    (tmp_path / "timing.cache").write_bytes(OTHER_GPU_CACHE)
+    logs: list[str] = []
+    build.build_engine(onnx_path, tmp_path / "model.fp32.plan", precision="fp32", log=logs.append)
+    assert trt.calls["set_timing_cache"][:2] == [(OTHER_GPU_CACHE, False), (b"", False)]
+    assert trt.calls["build"][0]["cache"] == b""  # built with a new cache
+    assert (tmp_path / "timing.cache").read_bytes() == b"timing cache:"  # the other GPU's entries are gone
+    assert any("from another GPU or TensorRT version" in line for line in logs)
+
+
+@pytest.mark.parametrize("refusal, message", [
+    ({"refuse_profile": True}, "refused the optimization profile for 'input'"),
+    ({"context_fails": True}, r"could not create an execution context .*create_execution_context returned None"),
+    ({"output_dtype": "BF16"}, "engine tensor 'logits' is BF16, which numpy has no type for"),
+    ({"parse_errors": ("Pad mode reflect",)}, r"could not build an engine from .*: Could not parse ONNX correctly"),
+    ({"report": {"Layers": [{"Name": "conv", "Weights": {"Type": "Float"}}]}}, "asked for int8 but TensorRT built"),
+])
+def test_each_tensorrt_refusal_is_one_error_and_leaves_no_engine(standin, tmp_path, refusal, message):
+    standin(**{"report": real_report("int8"), **refusal})
+    onnx_path = tiny_rtk_onnx(tmp_path / "model.int8.tensorrt.onnx", precision="int8")
+    with pytest.raises(RtkError, match=message):
+        build.build_engine(onnx_path, tmp_path / "model.int8.plan", precision="int8", log=lambda _: None)
+    assert not (tmp_path / "model.int8.plan").exists() and not (tmp_path / "model.int8.plan.json").exists()
+
+
+def test_a_shape_the_profile_refuses_is_one_error(standin, tmp_path, monkeypatch):
+    """IOptimizationProfile.set_shape raises for shapes it refuses. rtk checks min <= opt <= max
+    before TensorRT is asked, so the refusal is forced by swapping min and max on the way in."""
+    standin(report=real_report("fp32"))
+    onnx_path = tiny_rtk_onnx(tmp_path / "model.onnx")
+    import polygraphy.backend.trt as polygraphy_trt
+
+    original = polygraphy_trt.Profile.add
+    monkeypatch.setattr(polygraphy_trt.Profile, "add",
+                        lambda self, name, lo, opt, hi: original(self, name, hi, opt, lo))  # min > max
+    with pytest.raises(RtkError, match=r"could not build an engine from .*min <= opt <= max does not hold"):
+        build.build_engine(onnx_path, tmp_path / "model.fp32.plan", precision="fp32", log=lambda _: None)
+    assert not (tmp_path / "model.fp32.plan").exists()
+
+
+def test_cli_without_polygraphy_is_one_line_and_exit_2(standin, monkeypatch, tmp_path):
+    standin()
+    monkeypatch.setitem(sys.modules, "polygraphy", None)
+    monkeypatch.setattr("rtk.pipeline.ensure_onnx_for", lambda *a, **k: pytest.fail("made an input first"))
+    result = CliRunner().invoke(main, ["build", "--precision", "fp32", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        ("error: polygraphy is not installed (import of polygraphy halted; None in sys.modules); "
+         f"install it with: {GPU_INSTALL}")]
 
 
 def test_cli_help():
@@ -279,10 +574,13 @@ def test_gpu_check_script_help_and_comparison():
 # Type check against the TensorRT API
 
 
-def test_build_module_type_checks_against_the_tensorrt_stub():
-    """mypy --strict on rtk/build.py with typings/tensorrt (the documented API; TensorRT ships no stubs)."""
+def test_tensorrt_code_type_checks_against_the_stubs():
+    """mypy --strict on rtk/build.py and the TensorRT runner with typings/ (tensorrt: the documented
+    API, TensorRT ships no stubs; polygraphy: no py.typed marker). The stub marks what TensorRT may
+    return as None (create_execution_context, get_timing_cache), so an unchecked use fails here."""
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-error-summary",
-         "rtk/build.py"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+         "rtk/build.py", "rtk/runtime/tensorrt_runner.py"], cwd=ROOT, capture_output=True, text=True,
+        timeout=300, check=False,
         env={**os.environ, "MYPYPATH": str(ROOT / "typings")})
     assert result.returncode == 0, result.stdout + result.stderr

@@ -262,8 +262,9 @@ for i, row in enumerate(probs):
 """
 
 
-def tiny_rtk_onnx(path: Path) -> Path:
-    """input [batch,3,32,32] -> mean over pixels -> 3x10 linear -> logits, with rtk metadata."""
+def tiny_rtk_onnx(path: Path, precision: str = "fp32") -> Path:
+    """input [batch,3,32,32] -> mean over pixels -> 3x10 linear -> logits, with rtk metadata
+    (`precision` only labels it: tests/test_build.py builds it with a stand-in TensorRT)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -280,7 +281,7 @@ def tiny_rtk_onnx(path: Path) -> Path:
         [numpy_helper.from_array(weight, "weight")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in encode_metadata({"format": FORMAT, "depth": 20, "precision": "fp32",
+    for key, value in encode_metadata({"format": FORMAT, "depth": 20, "precision": precision,
                                        "normalization": normalization_metadata(),
                                        "classes": list(CLASSES)}).items():
         model.metadata_props.add(key=key, value=value)

@@ -1,4 +1,5 @@
-"""`import rtk`, the CLI and every --help stay light: no torch, onnx, onnxruntime or tensorrt."""
+"""`import rtk`, the CLI and every --help stay light: no torch, onnx, onnxruntime, tensorrt or polygraphy
+(nor do the modules that build and run TensorRT engines until they are asked to)."""
 
 import importlib
 import pkgutil
@@ -9,7 +10,7 @@ import pytest
 
 import rtk
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "openvino", "matplotlib")
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "polygraphy", "openvino", "matplotlib", "cuda", "pycuda")
 
 
 def _commands():
@@ -26,6 +27,7 @@ def test_cli_and_every_help_import_nothing_heavy():
     script = f"""
 import sys
 from click.testing import CliRunner
+import rtk, rtk.build, rtk.runtime.tensorrt_runner
 from rtk.cli import main
 runner = CliRunner()
 for args in [[]] + {_commands()!r}:

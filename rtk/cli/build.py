@@ -40,12 +40,13 @@ def build(precision: str, depth: int, onnx_path: Path | None, out: Path | None, 
           data_dir: str | None, runs_dir: str) -> None:
     """Build a TensorRT engine, its sidecar (.plan.json) and its per-layer report (.layers.json).
 
-    Needs TensorRT and an NVIDIA GPU; without them it says so and exits 2 before making any input.
+    Needs TensorRT, Polygraphy and an NVIDIA GPU; without them it says so and exits 2 before making
+    any input.
     """
-    from rtk.build import build_engine, running_environment
+    from rtk.build import build_engine, builder_environment
     from rtk.pipeline import ensure_onnx_for, run_paths
 
-    running_environment()  # fail before exporting or calibrating inputs for an engine that cannot be built
+    builder_environment()  # fail before exporting or calibrating inputs for an engine that cannot be built
     paths = run_paths(depth, runs_dir)
     source = onnx_path or ensure_onnx_for(paths, precision, data_dir=data_dir)
     written = build_engine(

@@ -1,0 +1,1 @@
+class PolygraphyException(Exception): ...  # what G_LOGGER.critical raises

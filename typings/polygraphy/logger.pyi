@@ -1,0 +1,8 @@
+from contextlib import AbstractContextManager
+
+class Logger:
+    WARNING: int
+    # messages below `severity` are dropped while the context is open
+    def verbosity(self, severity: int = ...) -> AbstractContextManager[None]: ...
+
+G_LOGGER: Logger
