@@ -6,7 +6,8 @@
 #
 # ENGINE defaults to runs/resnet20/model.fp32.plan (make it with `rtk build --depth 20 --precision fp32`),
 # NUM_IMAGES to 1000 (the first test images). TensorRT is found through TensorRT_ROOT (see
-# cpp/cmake/FindTensorRT.cmake). Exit status: 0 the two agree, 1 they disagree or something failed,
+# cpp/cmake/FindTensorRT.cmake: the package config of TensorRT >= 11.2.1 first, then NvInfer.h and
+# libnvinfer; the configure line printed below says which). Exit status: 0 the two agree, 1 they disagree or something failed,
 # 2 TensorRT (C++ headers/library or the Python package) is missing, with one line saying which.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,14 @@ num_images=${2:-1000}
 build=${RTK_CPP_BUILD_DIR:-build/cpp-gpu}
 
 if ! python -c "import tensorrt" 2>/dev/null; then
-  echo "TensorRT missing: the Python package tensorrt does not import (pip install 'rtk[gpu]')" >&2
+  echo "TensorRT missing: the Python package tensorrt does not import" \
+       "(pip install 'rtk[gpu-cu13]' for a CUDA 13 driver, 'rtk[gpu-cu12]' for CUDA 12)" >&2
+  exit 2
+fi
+# cpp/CMakeLists.txt asks for CMake 3.20 (ctest --test-dir); say so in one line rather than in cmake's log.
+cmake_version=$(cmake --version | head -n1 | awk '{print $3}')
+if [ "$(printf '%s\n' 3.20 "$cmake_version" | sort -V | head -n1)" != 3.20 ]; then
+  echo "CMake $cmake_version is too old: cpp/ needs CMake >= 3.20" >&2
   exit 2
 fi
 mkdir -p "$build"

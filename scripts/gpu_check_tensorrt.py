@@ -6,18 +6,24 @@
 
 For each precision it takes the ONNX the engine is built from (runs/resnet<depth>/model.onnx,
 model.fp16.onnx, model.int8.tensorrt.onnx; made by export / quantize through rtk.pipeline when
-missing), builds a strongly typed engine into --work-dir with rtk.build (the runs' own engines are
-left alone), runs it with rtk.runtime's TensorRT runner on real CIFAR-10 test images and compares
-its logits with onnxruntime (CPU) running the same ONNX:
+missing), builds a strongly typed engine into --work-dir with rtk.build (through Polygraphy; the
+runs' own engines are left alone), runs it with rtk.runtime's TensorRT runner on real CIFAR-10
+test images and compares its logits with onnxruntime (CPU) running the same ONNX file (for INT8 the
+same QDQ file, so both sides run the same quantized arithmetic):
 
     fp32  built with TF32 off, so both sides do FP32 arithmetic: max |logit difference| <= 1e-3
           and top-1 agreement >= 99.9%
     fp16  top-1 agreement >= 99.5% (and the max |logit difference|, reported)
     int8  top-1 agreement >= 99.5%: TensorRT runs the same QDQ arithmetic as onnxruntime
 
-It writes a JSON report (--report, default <work-dir>/gpu_check_tensorrt.json) and exits 0 when
-every check passes, 1 when one fails or a step errs, and 2 with one line where TensorRT, cuda-python
-or a CUDA device is missing.
+with the accuracy of both on the same images. Then Polygraphy's own comparison checks the same
+ONNX file independently of rtk's build and runner: `polygraphy run <onnx> --trt --onnxrt
+--strongly-typed` on the first 256 of those images, with the tolerance of POLYGRAPHY_TOLERANCE
+(limits chosen before any run; the report keeps Polygraphy's output, with the differences it saw).
+
+It writes one JSON report (--report, default <work-dir>/gpu_check_tensorrt.json) and exits 0 when
+every check passes, 1 when one fails or a step errs, and 2 with one line where TensorRT,
+Polygraphy, cuda-python or a CUDA device is missing.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,11 @@ CHECKS: dict[str, tuple[float, float | None]] = {
     "fp16": (99.5, None),
     "int8": (99.5, None),
 }
-REPORT_FORMAT = "rtk.gpu_check_tensorrt/1"
+# precision -> atol and rtol of `polygraphy run --trt --onnxrt` (logits; TF32 as rtk builds it:
+# off for fp32, on otherwise). Limits set before any TensorRT run, to revisit with its report.
+POLYGRAPHY_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 1e-1}
+POLYGRAPHY_IMAGES = 256
+REPORT_FORMAT = "rtk.gpu_check_tensorrt/2"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +88,38 @@ def compare(precision: str, engine_logits: np.ndarray, reference_logits: np.ndar
     }
 
 
+def polygraphy_command(onnx_path: Path, inputs_json: Path, precision: str, batch: int) -> list[str]:
+    """`polygraphy run` comparing TensorRT with onnxruntime on the saved inputs (Polygraphy's CLI,
+    run with this interpreter so it sees the same packages)."""
+    tolerance = str(POLYGRAPHY_TOLERANCE[precision])
+    return [sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())",
+            "run", str(onnx_path), "--trt", "--onnxrt", "--strongly-typed",
+            "--input-shapes", f"input:[{batch},3,32,32]", "--load-inputs", str(inputs_json),
+            "--atol", tolerance, "--rtol", tolerance, *(["--tf32"] if precision != "fp32" else [])]
+
+
+def polygraphy_check(onnx_path: Path, inputs_json: Path, precision: str, batch: int) -> dict[str, Any]:
+    command = polygraphy_command(onnx_path, inputs_json, precision, batch)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    output = (done.stdout + done.stderr).strip().splitlines()
+    return {"command": shlex.join(["polygraphy", *command[3:]]), "returncode": done.returncode,
+            "tolerance": POLYGRAPHY_TOLERANCE[precision], "passed": done.returncode == 0,
+            "output_tail": output[-40:]}
+
+
+def save_polygraphy_inputs(images: np.ndarray, path: Path) -> tuple[Path, int]:
+    """The first POLYGRAPHY_IMAGES test images, normalized as rtk does ([N, 3, 32, 32] float32), as
+    one iteration of Polygraphy's --load-inputs JSON."""
+    from polygraphy.json import save_json
+
+    from rtk.preprocess import normalize_uint8_nhwc
+
+    batch = normalize_uint8_nhwc(images[:POLYGRAPHY_IMAGES])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_json([{"input": batch}], str(path))
+    return path, len(batch)
+
+
 def check_precision(precision: str, args: argparse.Namespace, work: Path, images: np.ndarray,
                     labels: np.ndarray) -> dict[str, Any]:
     import rtk.runtime
@@ -91,18 +135,22 @@ def check_precision(precision: str, args: argparse.Namespace, work: Path, images
     with rtk.runtime.load(onnx_path, backend="onnxruntime") as reference:
         reference_logits = reference.logits(images)
     sidecar = read_engine_checked(plan)[1]
-    return {"onnx": str(onnx_path), "engine": str(plan), "tf32": sidecar["tf32"],
-            "layer_precisions": sidecar["layer_precisions"],
-            **compare(precision, engine_logits, reference_logits, labels)}
+    result = {"onnx": str(onnx_path), "engine": str(plan), "tf32": sidecar["tf32"],
+              "layer_precisions": sidecar["layer_precisions"],
+              **compare(precision, engine_logits, reference_logits, labels)}
+    inputs_json, batch = save_polygraphy_inputs(images, work / "polygraphy_inputs.json")
+    result["polygraphy"] = polygraphy_check(onnx_path, inputs_json, precision, batch)
+    result["passed"] = result["passed"] and result["polygraphy"]["passed"]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from rtk.build import running_environment
+    from rtk.build import builder_environment
     from rtk.errors import MissingDependency, RtkError
 
     try:
-        tensorrt_version, gpu = running_environment()
+        tensorrt_version, gpu = builder_environment()  # TensorRT, Polygraphy and a CUDA device
         from rtk.runtime import tensorrt_runner
 
         tensorrt_runner.cuda_binding()  # the runner's device memory: cuda-python or pycuda
@@ -125,13 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             report["results"][precision] = result
             print(f"{precision}: top-1 agreement {result['top1_agreement_pct']:.2f}%, max |logit diff| "
                   f"{result['max_abs_logit_diff']:.2e}, accuracy TensorRT {result['tensorrt_accuracy_pct']:.2f}% "
-                  f"/ onnxruntime {result['onnxruntime_accuracy_pct']:.2f}% -> "
+                  f"/ onnxruntime {result['onnxruntime_accuracy_pct']:.2f}%, polygraphy run "
+                  f"{'passed' if result['polygraphy']['passed'] else 'FAILED'} -> "
                   f"{'pass' if result['passed'] else 'FAIL'}")
     except RtkError as exc:
         report["error"] = str(exc)
         print(f"error: {exc}", file=sys.stderr)
     report["passed"] = "error" not in report and all(r["passed"] for r in report["results"].values())
-    report["provenance"] = provenance("tensorrt", "onnxruntime", "cuda-python", "numpy")
+    report["provenance"] = provenance("tensorrt", "polygraphy", "onnxruntime", "cuda-python", "pycuda", "numpy")
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
     print(f"{'PASS' if report['passed'] else 'FAIL'}: report in {report_path}")
     return 0 if report["passed"] else 1

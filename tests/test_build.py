@@ -570,6 +570,29 @@ def test_gpu_check_script_help_and_comparison():
     assert result["onnxruntime_accuracy_pct"] == 100.0
 
 
+def test_gpu_check_polygraphy_comparison_is_a_command_polygraphy_accepts(tmp_path):
+    """The `polygraphy run --trt --onnxrt` the script runs: its flags, and (without --trt, which
+    needs TensorRT) Polygraphy's CLI taking them and the saved real-image inputs on the ONNX file."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_check_tensorrt as script
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    onnx_path = tiny_rtk_onnx(tmp_path / "model.int8.tensorrt.onnx", precision="int8")
+    test_images = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    inputs_json, batch = script.save_polygraphy_inputs(test_images, tmp_path / "inputs.json")
+    assert batch == script.POLYGRAPHY_IMAGES == 256
+    command = script.polygraphy_command(onnx_path, inputs_json, "int8", batch)
+    assert command[3:] == ["run", str(onnx_path), "--trt", "--onnxrt", "--strongly-typed", "--input-shapes",
+                           "input:[256,3,32,32]", "--load-inputs", str(inputs_json), "--atol", "0.1", "--rtol", "0.1",
+                           "--tf32"]  # TF32 as rtk builds int8 engines; fp32 is built and compared without it
+    assert "--tf32" not in script.polygraphy_command(onnx_path, inputs_json, "fp32", batch)
+    without_tensorrt = [arg for arg in command if arg != "--trt"]
+    done = subprocess.run(without_tensorrt, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "input [dtype=float32, shape=(256, 3, 32, 32)]" in done.stdout + done.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Type check against the TensorRT API
 

@@ -244,6 +244,48 @@ def test_find_tensorrt_reads_both_version_header_styles(tmp_path: Path, version_
     assert f"found=TRUE version={version} include={root / 'include'}" in result.stdout
 
 
+FAKE_CONFIG_PACKAGE = """# Stands in for the package config TensorRT's tar/zip packages ship since 11.2.1.
+add_library(TensorRT-Enterprise::nvinfer SHARED IMPORTED)
+set_target_properties(TensorRT-Enterprise::nvinfer PROPERTIES
+  IMPORTED_LOCATION "${{CMAKE_CURRENT_LIST_DIR}}/../../libnvinfer.so.11"
+  INTERFACE_INCLUDE_DIRECTORIES "{include}")
+"""
+
+
+def test_find_tensorrt_tries_the_package_config_first(tmp_path: Path):
+    """A TensorRT 11.2.1+ tarball: find_package(TensorRT-Enterprise CONFIG) is what finds it; the
+    headers sit where the NvInfer.h search would not look (only the config names them), and
+    TensorRT::nvinfer links the config's target."""
+    root = tmp_path / "TensorRT-11.4.0"
+    config_dir = root / "lib" / "cmake" / "TensorRT-Enterprise"
+    config_dir.mkdir(parents=True)
+    include = tmp_path / "elsewhere" / "headers"
+    include.mkdir(parents=True)
+    (include / "NvInfer.h").write_text("")
+    (include / "NvInferVersion.h").write_text(
+        "#define TRT_MAJOR_ENTERPRISE 11\n#define TRT_MINOR_ENTERPRISE 4\n#define TRT_PATCH_ENTERPRISE 0\n")
+    (root / "lib" / "libnvinfer.so.11").write_bytes(b"")
+    (config_dir / "TensorRT-EnterpriseConfig.cmake").write_text(FAKE_CONFIG_PACKAGE.format(include=include))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "CMakeLists.txt").write_text(FIND_TENSORRT_PROJECT.format(module_dir=CPP / "cmake") + (
+        'get_target_property(linked TensorRT::nvinfer INTERFACE_LINK_LIBRARIES)\n'
+        'message(STATUS "config=${TensorRT_CONFIG_TARGET} linked=${linked}")\n'))
+    result = _run(["cmake", "-S", project, "-B", tmp_path / "build", f"-DTensorRT_ROOT={root}"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "found=TRUE version=11.4.0" in result.stdout
+    assert "config=TensorRT-Enterprise::nvinfer linked=TensorRT-Enterprise::nvinfer" in result.stdout
+    skipped = _run(["cmake", "-S", project, "-B", tmp_path / "build-no-config", f"-DTensorRT_ROOT={root}",
+                    "-DTensorRT_NO_CONFIG=ON"])
+    assert "found=FALSE" in skipped.stdout  # without the config nothing says where those headers are
+
+
+def test_cmake_asks_for_the_version_its_ctest_command_needs():
+    """docs/cpp.md, scripts/gpu_check_cpp.sh and tests run `ctest --test-dir`, new in CMake 3.20."""
+    minimum = re.search(r"cmake_minimum_required\(VERSION (\d+)\.(\d+)", (CPP / "CMakeLists.txt").read_text())
+    assert minimum and (int(minimum.group(1)), int(minimum.group(2))) >= (3, 20)
+
+
 FAKE_CLASSIFY = """#!{python}
 # Stands in for the C++ classify (same arguments, same --tsv output), using rtk.runtime on an ONNX.
 import os, sys

@@ -51,11 +51,14 @@ struct Classifier::Impl {
   std::unique_ptr<nvinfer1::ICudaEngine> engine;
   std::unique_ptr<nvinfer1::IExecutionContext> context;
   cudaStream_t stream = nullptr;
+  int device = 0;                               // the CUDA device everything above lives on
   std::unique_ptr<DeviceBuffer> input, output;  // sized for the profile's max batch
   std::size_t image_floats = 0;                 // 3 * H * W
   std::size_t num_classes = 0;
 
   ~Impl() {
+    // The destructor may run in another thread than the constructor: free on the right device.
+    static_cast<void>(cudaSetDevice(device));
     // The context must go before the engine, the engine before the runtime (TensorRT's rule).
     context.reset();
     engine.reset();
@@ -63,7 +66,12 @@ struct Classifier::Impl {
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 
-  void check_gpu(int device) {
+  // The CUDA runtime's current device is per thread: cudaSetDevice in the constructing thread
+  // leaves every other thread on device 0. Each call that touches the GPU sets it first (cheap:
+  // no context switch when it is already current).
+  void use_device() const { cuda_check(cudaSetDevice(device), "cudaSetDevice"); }
+
+  void check_gpu() {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       throw Error("no CUDA GPU is visible: " + engine_path + " needs the " + sidecar.gpu_name + " it was built for");
@@ -71,7 +79,7 @@ struct Classifier::Impl {
     if (device < 0 || device >= count) {
       throw Error("CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " visible)");
     }
-    cuda_check(cudaSetDevice(device), "cudaSetDevice");
+    use_device();
     cudaDeviceProp prop{};
     cuda_check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
     check_compute_capability(sidecar, prop.major, prop.minor, prop.name, engine_path);
@@ -97,7 +105,8 @@ struct Classifier::Impl {
     }
   }
 
-  void load(int device) {
+  void load(int cuda_device) {
+    device = cuda_device;
     std::string sidecar_path = sidecar_path_for(engine_path);
     std::string blob = read_file(engine_path, "engine");
     try {
@@ -107,7 +116,7 @@ struct Classifier::Impl {
     }
     check_engine_sha256(sidecar, sha256_hex(blob.data(), blob.size()), engine_path);
     check_tensorrt_version(sidecar, version_from_tensorrt_int(getInferLibVersion()), engine_path);
-    check_gpu(device);
+    check_gpu();
 
     runtime.reset(nvinfer1::createInferRuntime(logger));
     if (!runtime) throw Error("cannot create the TensorRT runtime: " + logger.last_error);
@@ -130,6 +139,7 @@ struct Classifier::Impl {
 
   // One chunk of at most profile_max images: copy in, enqueueV3, copy out, wait.
   void run(const float* host_input, int batch, float* host_output) {
+    use_device();
     if (batch < sidecar.profile_min) {
       throw Error(engine_path + " takes batches of " + std::to_string(sidecar.profile_min) + " to " +
                   std::to_string(sidecar.profile_max) + " images, not " + std::to_string(batch));
