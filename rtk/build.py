@@ -24,7 +24,8 @@ cache was attached). Where Polygraphy's defaults differ from rtk's, rtk passes i
 - Timing cache: Polygraphy's save_timing_cache merges the file's old entries into the new cache
   (ignoring a GPU mismatch) and writes the file in place. rtk keeps one cache per GPU and TensorRT
   version: a cache from another GPU or version is replaced by a new one, and the file is written
-  atomically (Polygraphy saves into a temporary file that rtk then renames).
+  atomically (Polygraphy saves into an unnamed temporary file; rtk writes that to the cache file
+  through a temporary name and a rename).
 
 After the build the engine inspector's per-layer report (ProfilingVerbosity.DETAILED, read through
 an execution context at the profile's opt batch so formats are resolved) is saved as
@@ -65,8 +66,9 @@ if TYPE_CHECKING:
     import tensorrt as trt  # checked against typings/tensorrt (tests/test_build.py runs mypy)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-# 0.53.6 is the release for TensorRT 11.3 that reads 11's split inspector fields and guards the
-# deprecated STRONGLY_TYPED flag; pyproject.toml pins the same range.
+# 0.53.6 is the release for TensorRT 11.3, which knows 11's API changes (it reads the split inspector
+# fields, sets flags 11 removed only on 10.x); pyproject.toml pins the same range. A TensorRT without
+# STRONGLY_TYPED makes its strongly_typed=True fail, hence rtk's own lookup by name.
 POLYGRAPHY_MIN_VERSION = "0.53.6"
 # The datatype words of the inspector's tensor strings ("Row major linear FP32", "Channel major FP16
 # format where channel % 8 == 0", "Thirty-two wide channel vectorized row major Int8 format", older
