@@ -561,3 +561,109 @@ def test_tensorrt_runner_gives_each_thread_its_own_context(fake_tensorrt):
     assert results == {0: True, 1: True, 2: True, 3: True}
     assert len(contexts) == 5  # the main thread's and one per worker thread
     model.close()
+
+
+# ---------------------------------------------------------------- onnxruntime on CUDA, no GPU
+# The CPU onnxruntime package stands in for onnxruntime-gpu: these tests check how rtk asks for the
+# CUDA provider, binds io and refuses a CPU fallback; they say nothing about CUDA's results.
+
+
+def test_onnx_on_cuda_is_onnxruntime_and_asked_for_explicitly(artifacts):
+    from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from rtk.runtime.openvino_runner import OpenVinoRunner
+
+    runner = rtk.runtime.make_runner(artifacts["int8"], device="cuda")  # auto on CUDA: onnxruntime, not OpenVINO
+    assert isinstance(runner, OnnxRuntimeRunner) and runner.device == "cuda"
+    assert isinstance(rtk.runtime.make_runner(artifacts["int8"]), OpenVinoRunner)  # device cpu is the default
+    assert rtk.runtime.load(artifacts["fp32"], backend="onnxruntime").runner.device == "cpu"
+    with pytest.raises(RtkError, match="OpenVINO runs on the CPU in rtk"):
+        rtk.runtime.make_runner(artifacts["fp32"], backend="openvino", device="cuda")
+    with pytest.raises(RtkError, match="unknown device 'gpu'; choose one of cpu, cuda"):
+        rtk.runtime.make_runner(artifacts["fp32"], device="gpu")
+    with pytest.raises(RtkError, match="a compute stream needs device cuda"):
+        OnnxRuntimeRunner(str(artifacts["fp32"]), compute_stream=1)
+
+
+def test_onnx_on_cuda_with_the_cpu_package_is_a_missing_dependency(artifacts):
+    from rtk.runtime.onnxruntime_runner import cuda_provider_available
+
+    assert not cuda_provider_available()  # the CPU package is what this machine has
+    with pytest.raises(MissingDependency, match="has no CUDAExecutionProvider .*pip install onnxruntime-gpu"):
+        rtk.runtime.load(artifacts["fp32"], device="cuda")
+
+
+@pytest.fixture
+def ort_listing_cuda(monkeypatch):
+    """The real onnxruntime listing CUDAExecutionProvider, as onnxruntime-gpu does on any machine;
+    returns the providers each InferenceSession was asked for and the preload_dlls calls."""
+    import onnxruntime as ort
+
+    seen: dict[str, list] = {"providers": [], "preloads": []}
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
+    monkeypatch.setattr(ort, "preload_dlls", lambda *args, **kwargs: seen["preloads"].append(args))
+    real_session = ort.InferenceSession
+
+    def session(path, options, providers):
+        seen["providers"].append(providers)
+        return real_session(path, options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    return seen
+
+
+def test_a_cuda_provider_that_falls_back_to_the_cpu_is_refused(artifacts, ort_listing_cuda):
+    # The CPU package, asked for a CUDA provider it lists but cannot load, warns and runs on the CPU:
+    # what onnxruntime-gpu does without a GPU or its CUDA libraries.
+    with pytest.raises(MissingDependency, match="could not start CUDAExecutionProvider .* fell back to the CPU"):
+        rtk.runtime.load(artifacts["fp32"], device="cuda")
+    assert ort_listing_cuda["providers"] == [[("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]]
+    assert len(ort_listing_cuda["preloads"]) == 1
+
+
+def test_cuda_session_binds_io_on_the_compute_stream(artifacts, ort_listing_cuda, monkeypatch):
+    """A session that reports the CUDA provider, its io-binding moved to the CPU: the runner's own steps."""
+    import onnxruntime as ort
+
+    from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    make_session, bindings = ort.InferenceSession, []
+
+    class CudaReporting:  # a CPU session that says it got the CUDA provider
+        def __init__(self, path, options, providers):
+            self._session = make_session(path, options, providers=["CPUExecutionProvider"])
+            ort_listing_cuda["providers"][-1] = providers
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def run_with_iobinding(self, binding):
+            bindings.append(binding)
+            return self._session.run_with_iobinding(binding)
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+    to_value, bind_output, devices = ort.OrtValue.ortvalue_from_numpy, ort.IOBinding.bind_output, []
+    monkeypatch.setattr(ort, "InferenceSession", CudaReporting)
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy",
+                        lambda array, device, device_id: devices.append(device) or to_value(array))
+    monkeypatch.setattr(ort.IOBinding, "bind_output", lambda self, name, device, device_id:
+                        devices.append(device) or bind_output(self, name))
+    x = images(8)
+    runner = OnnxRuntimeRunner(str(artifacts["fp32"]), device="cuda", compute_stream=1234)
+    runner.activate()
+    with Model(runner) as model:
+        assert ort_listing_cuda["providers"][-1] == [
+            ("CUDAExecutionProvider", {"device_id": "0", "has_user_compute_stream": "1",
+                                       "user_compute_stream": "1234"}), "CPUExecutionProvider"]
+        assert (model.runner.device, model.precision) == ("cuda", "fp32")
+        cpu = rtk.runtime.load(artifacts["fp32"], backend="onnxruntime")
+        np.testing.assert_allclose(model.logits(x), cpu.logits(x), rtol=1e-6)
+        work = model.runner.device_work(4)
+        assert work is not None and work.stream == 1234 and devices == ["cuda", "cuda"]
+        work.enqueue()
+        (logits,) = bindings[0].copy_outputs_to_cpu()  # the bound output: a zero batch of 4
+        zeros = np.zeros((4, 3, 32, 32), np.float32)
+        np.testing.assert_allclose(logits, cpu.runner.infer({INPUT_NAME: zeros})[OUTPUT_NAME], rtol=1e-6)
+    assert rtk.runtime.load(artifacts["fp32"], backend="onnxruntime").runner.device_work(4) is None  # CPU

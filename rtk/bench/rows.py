@@ -133,8 +133,7 @@ def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, check
 
     def ort_row(precision: str) -> Planned:
         path = onnx(precision)
-        return Planned(f"onnxruntime {precision}", lambda: OnnxRuntimeRunner(
-            str(path), threads=threads, providers=["CPUExecutionProvider"]), path)
+        return Planned(f"onnxruntime {precision}", lambda: OnnxRuntimeRunner(str(path), threads=threads), path)
 
     def ov_row(precision: str) -> Planned:
         path = onnx("fp32" if precision == "bf16" else precision)

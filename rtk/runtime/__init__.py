@@ -5,7 +5,9 @@
     pred = model.predict(images)        # uint8 [N, 32, 32, 3] RGB -> Prediction(classes, probs)
 
 Importing this package needs numpy only: torch is imported for .pt checkpoints alone, onnxruntime /
-OpenVINO for .onnx files, tensorrt and cuda-python for .plan engines.
+OpenVINO for .onnx files, tensorrt and cuda-python for .plan engines. On a GPU:
+
+    model = rtk.runtime.load("runs/resnet20/model.fp16.onnx", device="cuda")   # onnxruntime-gpu, CUDA
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from pathlib import Path
 
 from rtk.errors import MissingDependency, RtkError
 from rtk.names import BACKENDS
-from rtk.runtime.base import Runner
+from rtk.runtime.base import DEVICES, Runner
 from rtk.runtime.model import Model, Prediction
 
-__all__ = ["BACKENDS", "Model", "Prediction", "load", "make_runner", "onnx_backend", "open_model"]
+__all__ = ["BACKENDS", "DEVICES", "Model", "Prediction", "load", "make_runner", "onnx_backend", "open_model"]
 
 BACKEND_FOR_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".pt": "torch"}  # .onnx: onnxruntime or openvino
 
@@ -54,18 +56,23 @@ def _onnx_precision(path: Path) -> str | None:
 
 def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: str | None = None,
                 threads: int | None = None, device: str = "cpu") -> Runner:
-    """The (inactive) runner for `path`: .plan -> TensorRT, .onnx -> OpenVINO/onnxruntime, .pt -> torch."""
+    """The (inactive) runner for `path`: .plan -> TensorRT, .onnx -> OpenVINO/onnxruntime, .pt -> torch
+    (arguments as for load)."""
     path = Path(path)
     if backend not in BACKENDS:
         raise RtkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not path.is_file():
         raise RtkError(f"model file not found: {path}")
+    if device not in DEVICES:
+        raise RtkError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     natural = BACKEND_FOR_SUFFIX.get(path.suffix)
     if path.suffix == ".onnx":
-        if backend == "auto":
-            backend = onnx_backend(_onnx_precision(path))
+        if backend == "auto":  # onnxruntime is rtk's one ONNX backend for CUDA
+            backend = "onnxruntime" if device == "cuda" else onnx_backend(_onnx_precision(path))
         if backend not in ("onnxruntime", "openvino"):
             raise RtkError(f"{path} is an ONNX file: run it with onnxruntime or openvino, not {backend}")
+        if backend == "openvino" and device == "cuda":
+            raise RtkError("OpenVINO runs on the CPU in rtk; for an ONNX file on CUDA use backend onnxruntime")
     elif natural is None:
         raise RtkError(f"{path}: unknown model file type (expected .plan, .onnx or .pt)")
     elif backend not in ("auto", natural):
@@ -87,18 +94,22 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
         return OpenVinoRunner(str(path), precision=precision, threads=threads)
     from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(str(path), precision=precision, threads=threads)
+    return OnnxRuntimeRunner(str(path), precision=precision, threads=threads, device=device)
 
 
 def load(path: str | os.PathLike[str], backend: str = "auto", precision: str | None = None,
          threads: int | None = None, device: str = "cpu") -> Model:
     """Load an rtk artifact for inference; see Model for predict() and the errors it raises.
 
-    backend: "auto" (the file's own: TensorRT for .plan, torch for .pt, the fastest installed of
-    OpenVINO / onnxruntime for .onnx), or one of "onnxruntime", "openvino", "tensorrt", "torch".
+    backend: "auto" (the file's own: TensorRT for .plan, torch for .pt; for .onnx onnxruntime on
+    device "cuda", else the fastest installed of OpenVINO / onnxruntime), or one of "onnxruntime",
+    "openvino", "tensorrt", "torch".
     precision: for OpenVINO "fp32" (true f32) or "bf16" on an FP32 ONNX; for torch "fp32", "fp16",
     "bf16"; elsewhere the file's own precision. threads: CPU threads (default: the backend's own).
-    device: "cpu" or "cuda", for torch checkpoints.
+    device: "cpu" (the default, also on a machine with a GPU) or "cuda": torch checkpoints on the
+    GPU, ONNX files through onnxruntime's CUDAExecutionProvider (the onnxruntime-gpu package; a
+    MissingDependency where it, a GPU or its CUDA libraries are absent, never a quiet CPU run).
+    TensorRT engines always run on CUDA.
     """
     return open_model(make_runner(path, backend, precision, threads, device))
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "input"  # float32 [N, 3, 32, 32], normalized
 OUTPUT_NAME = "logits"  # float32 [N, 10]
+DEVICES = ("cpu", "cuda")  # where a runner can run inference
 
 
 @dataclass(frozen=True)
