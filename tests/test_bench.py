@@ -4,6 +4,7 @@ and a short end-to-end `rtk bench` on the CPU."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from rtk import bench, pipeline
 from rtk.bench import machine as bench_machine
+from rtk.bench import rows as bench_rows
 from rtk.bench.accuracy import top1_accuracy
 from rtk.bench.machine import busy
 from rtk.bench.results import Row
@@ -18,6 +20,7 @@ from rtk.bench.rows import ENGINE_MAX_BATCH, BackendChoice, BenchConfig, choose_
 from rtk.bench.timing import MIN_ITERATIONS, ROUNDS, TimingPlan, latency_stats, measure_interleaved
 from rtk.cli import main
 from rtk.errors import MissingDependency, RtkError
+from rtk.names import BENCH_PRECISIONS
 
 # ---------------------------------------------------------------- statistics
 
@@ -78,6 +81,21 @@ def test_fixed_iterations_are_split_over_interleaved_rounds_after_the_warmup():
     assert "".join(log) == "ab" + "aaabbb" + "aabb" + "aabb"
 
 
+def test_the_first_call_of_each_row_is_recorded_with_its_compile_time():
+    calls, _ = recording_calls("a")
+    compiled: list[bool] = []
+
+    def compiling() -> float:  # a torch.compile row: its first call compiles for 50 ms
+        if not compiled:
+            compiled.append(True)
+            time.sleep(0.05)
+        return 0.001
+
+    first_calls: list[float] = []
+    measure_interleaved([calls[0], compiling], TimingPlan(warmup_s=0, duration_s=None, iterations=3), first_calls)
+    assert len(first_calls) == 2 and first_calls[1] >= 0.05 > first_calls[0]
+
+
 def test_duration_mode_makes_at_least_the_minimum_calls():
     calls, _ = recording_calls("a")
     latencies = measure_interleaved(calls, TimingPlan(warmup_s=0, duration_s=1e-9))
@@ -111,11 +129,23 @@ def test_auto_on_a_cpu_without_openvino_picks_onnxruntime():
 
 
 def test_auto_on_a_gpu():
-    choice = choose_backend("auto", "NVIDIA H100", have("tensorrt", "onnxruntime"))
+    gpu_package, cpu_package = (lambda: True), (lambda: False)  # onnxruntime lists CUDAExecutionProvider
+    choice = choose_backend("auto", "NVIDIA H100", have("tensorrt", "onnxruntime"), gpu_package)
     assert (choice.backend, choice.device) == ("tensorrt", "cuda") and "NVIDIA H100" in choice.reason
-    choice = choose_backend("auto", "NVIDIA H100", have("onnxruntime"))
+    choice = choose_backend("auto", "NVIDIA H100", have("onnxruntime"), gpu_package)
+    assert (choice.backend, choice.device) == ("onnxruntime", "cuda") and "onnxruntime-gpu is" in choice.reason
+    choice = choose_backend("auto", "NVIDIA H100", have("onnxruntime"), cpu_package)
     assert (choice.backend, choice.device) == ("torch", "cuda")
     assert "TensorRT is not installed" in choice.reason
+
+
+def test_onnxruntime_asked_for_on_a_gpu_runs_on_cuda_only_with_the_gpu_package():
+    choice = choose_backend("onnxruntime", "NVIDIA H200", have("onnxruntime"), lambda: True)
+    assert (choice.backend, choice.device) == ("onnxruntime", "cuda") and "CUDAExecutionProvider" in choice.reason
+    choice = choose_backend("onnxruntime", "NVIDIA H200", have("onnxruntime"), lambda: False)
+    assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
+    assert "no CUDAExecutionProvider (pip install onnxruntime-gpu)" in choice.reason
+    assert choose_backend("onnxruntime", None, have("onnxruntime"), lambda: True).device == "cpu"
 
 
 @pytest.mark.parametrize("asked, gpu, modules, message", [
@@ -190,6 +220,27 @@ def test_plan_on_a_gpu_has_the_torch_variants_and_engines_for_every_batch(tmp_pa
     assert built[-1] == ("fp32", {"max_batch": ENGINE_MAX_BATCH})
 
 
+def test_plan_for_onnxruntime_on_a_gpu_has_its_cuda_rows_next_to_the_torch_ones(tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(pipeline, "ensure_onnx_for", lambda paths, precision, *args:
+                        made.append(precision) or (paths.fp16_onnx if precision == "fp16" else paths.onnx))
+    monkeypatch.setattr(pipeline, "ensure_int8_onnx", lambda paths, target, **options:
+                        made.append(f"int8 {target}") or paths.int8_onnx(target))
+    monkeypatch.setattr(bench_rows, "cuda_stream", lambda: 7)  # torch.cuda.Stream() needs a GPU
+    paths = pipeline.run_paths(20, tmp_path)
+    config = BenchConfig(precisions=BENCH_PRECISIONS, torch_compile=False)
+    rows, notes = plan_rows(BackendChoice("onnxruntime", "cuda", "test"), config, paths,
+                            tmp_path / "checkpoint.pt", (1, 256, 4096), lambda message: None)
+    assert [row.key for row in rows] == [
+        "torch eager fp32 False", "torch eager fp16 True", "torch cuda_graph fp32 False",
+        "onnxruntime cuda fp32", "onnxruntime cuda fp16", "torch eager bf16 True", "onnxruntime cuda int8"]
+    assert made == ["fp32", "fp16", "int8 tensorrt"]  # INT8: the GPU flavour of the QDQ file
+    assert rows[-1].artifact == paths.int8_onnx("tensorrt")
+    runner = rows[-1].make()  # not activated: nothing runs
+    assert (runner.backend, runner.device, runner.compute_stream) == ("onnxruntime", "cuda", 7)
+    assert notes == ["bf16: onnxruntime has no bf16 ONNX file in rtk; the torch bf16 row stands for it"]
+
+
 def test_plan_for_torch_alone_notes_that_int8_has_no_torch_path(tmp_path):
     paths = pipeline.run_paths(20, tmp_path)
     rows, notes = plan_rows(BackendChoice("torch", "cpu", "test"),
@@ -213,6 +264,7 @@ def test_bench_int8_on_cpu_end_to_end(bench_run):
         assert [s["batch_size"] for s in stats] == [1, 8]
         assert all(s["iterations"] == 3 and 0 < s["min_ms"] <= s["p50_ms"] <= s["p99_ms"] for s in stats)
         assert row["accuracy"]["images"] == 10_000
+        assert set(row["first_call_s"]) == {"1", "8"} and min(row["first_call_s"].values()) > 0
     torch_row, ort_fp32, ort_int8, ov_int8 = data["rows"]
     assert torch_row["accuracy"]["delta_vs_baseline"] == 0 and torch_row["accuracy"]["agreement_vs_baseline"] == 100
     assert ort_fp32["accuracy"]["agreement_vs_baseline"] > 99.9  # the same network in FP32

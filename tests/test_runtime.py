@@ -657,7 +657,7 @@ def test_cuda_session_binds_io_on_the_compute_stream(artifacts, ort_listing_cuda
         assert ort_listing_cuda["providers"][-1] == [
             ("CUDAExecutionProvider", {"device_id": "0", "has_user_compute_stream": "1",
                                        "user_compute_stream": "1234"}), "CPUExecutionProvider"]
-        assert (model.runner.device, model.precision) == ("cuda", "fp32")
+        assert (model.runner.device, model.name) == ("cuda", "onnxruntime cuda fp32")
         cpu = rtk.runtime.load(artifacts["fp32"], backend="onnxruntime")
         np.testing.assert_allclose(model.logits(x), cpu.logits(x), rtol=1e-6)
         work = model.runner.device_work(4)

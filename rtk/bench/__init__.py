@@ -1,9 +1,10 @@
 """Stage 6: the timing and accuracy harness, every backend against the PyTorch FP32 baseline, in one run.
 
 The only part of rtk that times anything. One run (run_bench, here):
-  1. picks the backend (`auto`: TensorRT on a CUDA device with TensorRT, else the fastest CPU
-     backend installed) and the rows to measure; the torch FP32 eager baseline is always one of them
-     (on CUDA also FP16 channels_last, CUDA graphs and torch.compile)                  rows.py
+  1. picks the backend (`auto`: TensorRT on a CUDA device with TensorRT, else onnxruntime's CUDA
+     provider where onnxruntime-gpu is installed, else the fastest CPU backend installed) and the
+     rows to measure; the torch FP32 eager baseline is always one of them (on CUDA also FP16
+     channels_last, CUDA graphs and torch.compile)                                       rows.py
   2. produces missing artifacts through rtk.pipeline (export, quantize, build)           rows.py
   3. times the rows of each batch size interleaved: after every row's warm-up (excluded), ROUNDS
      slices that alternate between the rows, so a change in the machine's load hits all alike
@@ -117,9 +118,11 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
             probes = _probes(rows, models, batch_size)
             log(f"timing batch {batch_size}: {len(probes)} timings of {len(rows)} rows, {ROUNDS} interleaved rounds")
             synchronize()
-            latencies = measure_interleaved([call for _, _, call in probes], config.timing)
-            for (row, kind, _), taken in zip(probes, latencies):
+            first_calls: list[float] = []
+            latencies = measure_interleaved([call for _, _, call in probes], config.timing, first_calls)
+            for (row, kind, _), taken, first in zip(probes, latencies, first_calls):
                 row.timings.setdefault(kind, []).append(latency_stats(taken, batch_size))
+                row.first_call_s.setdefault(str(batch_size), first)
         load_after = load_average()
         _speedups(rows)
         if busy(choice, load_before) or busy(choice, load_after, own_threads=threads):

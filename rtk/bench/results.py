@@ -17,7 +17,7 @@ class Accuracy:
     images: int
     delta_vs_baseline: float | None = None  # points, top1 - baseline top1
     agreement_vs_baseline: float | None = None  # percent of images with the baseline's top-1 class
-    # TensorRT INT8: the same against onnxruntime running the same QDQ file
+    # INT8 on CUDA (TensorRT, onnxruntime CUDA): the same against onnxruntime on the CPU, same QDQ file
     reference: str | None = None
     delta_vs_reference: float | None = None
     agreement_vs_reference: float | None = None
@@ -35,6 +35,7 @@ class Row:
     speedup: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> {batch: x baseline}
     accuracy: Accuracy | None = None
     skipped_batch_sizes: list[int] = field(default_factory=list)
+    first_call_s: dict[str, float] = field(default_factory=dict)  # {batch: seconds}, compile/capture included
     # INT8 rows: how the artifact was calibrated, as its metadata records (method, num_images, seed, ...)
     calibration: dict[str, Any] | None = None
 

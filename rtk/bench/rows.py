@@ -17,7 +17,7 @@ from rtk.names import BACKENDS
 from rtk.pipeline import RunPaths
 from rtk.runtime import installed, make_runner
 from rtk.runtime.base import Runner
-from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner, cuda_provider_available
 from rtk.runtime.openvino_runner import OpenVinoRunner
 from rtk.runtime.torch_runner import TorchRunner
 
@@ -55,10 +55,12 @@ def cuda_device() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = installed) -> BackendChoice:
+def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = installed,
+                   ort_cuda: Callable[[], bool] = cuda_provider_available) -> BackendChoice:
     """Which backend and device class a run uses, and why (said to the user and kept in the report).
 
-    `gpu`: the CUDA device's name or None; `have(module)`: whether a package is installed.
+    `gpu`: the CUDA device's name or None; `have(module)`: whether a package is installed;
+    `ort_cuda()`: whether onnxruntime lists CUDAExecutionProvider (the onnxruntime-gpu package).
     """
     if asked not in BACKENDS:
         raise RtkError(f"unknown backend {asked!r}; choose one of {', '.join(BACKENDS)}")
@@ -77,9 +79,18 @@ def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = in
         if not have(asked):
             raise MissingDependency(f"--backend {asked}: {asked} is not installed; install it with: "
                                     f"pip install 'rtk[{'openvino' if asked == 'openvino' else 'cpu'}]'")
+        if asked == "onnxruntime" and gpu is not None:
+            if ort_cuda():
+                return BackendChoice("onnxruntime", "cuda", f"asked for; CUDA device {gpu} through "
+                                     "onnxruntime's CUDAExecutionProvider")
+            return BackendChoice("onnxruntime", "cpu", f"asked for; CUDA device {gpu}, but this onnxruntime "
+                                 "has no CUDAExecutionProvider (pip install onnxruntime-gpu): CPU")
         return BackendChoice(asked, "cpu", "asked for; CPU")
     if gpu is not None and have("tensorrt"):
         return BackendChoice("tensorrt", "cuda", f"auto: CUDA device {gpu} and TensorRT are present")
+    if gpu is not None and have("onnxruntime") and ort_cuda():
+        return BackendChoice("onnxruntime", "cuda", f"auto: CUDA device {gpu}; TensorRT is not installed, "
+                             "onnxruntime-gpu is: its CUDAExecutionProvider against the torch CUDA variants")
     if gpu is not None:
         return BackendChoice("torch", "cuda", f"auto: CUDA device {gpu} but TensorRT is not installed "
                              f"({GPU_INSTALL}): measuring the torch CUDA variants only")
@@ -135,6 +146,13 @@ def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, check
         path = onnx(precision)
         return Planned(f"onnxruntime {precision}", lambda: OnnxRuntimeRunner(str(path), threads=threads), path)
 
+    def ort_cuda_row(precision: str) -> Planned:
+        # INT8: the TensorRT-flavour QDQ file, the one made for GPUs (the CPU flavour quantizes Add too)
+        path = pipeline.ensure_int8_onnx(paths, "tensorrt", checkpoint=checkpoint, data_dir=data_dir, log=log) \
+            if precision == "int8" else onnx(precision)
+        return Planned(f"onnxruntime cuda {precision}", lambda: OnnxRuntimeRunner(
+            str(path), threads=threads, device="cuda", compute_stream=cuda_stream()), path)
+
     def ov_row(precision: str) -> Planned:
         path = onnx("fp32" if precision == "bf16" else precision)
         return Planned(f"openvino {precision}",
@@ -148,6 +166,12 @@ def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, check
             engine = pipeline.ensure_engine(paths, precision, checkpoint, data_dir, log,
                                             max_batch=max(ENGINE_MAX_BATCH, *batch_sizes))
             rows.append(Planned(f"tensorrt {precision}", functools.partial(make_runner, engine), engine))
+        elif choice.backend == "onnxruntime" and device == "cuda":
+            if precision == "bf16":
+                notes.append("bf16: onnxruntime has no bf16 ONNX file in rtk; the torch bf16 row stands for it")
+                rows.append(torch_row("bf16", channels_last=True))
+            else:
+                rows.append(ort_cuda_row(precision))
         elif choice.backend == "torch":
             if precision == "int8":
                 notes.append("int8: torch has no INT8 path in rtk; use an ONNX or TensorRT backend")
@@ -172,4 +196,9 @@ def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, check
                 rows.append(ov_row(precision))
     unique = {row.key: row for row in reversed(rows)}  # first occurrence wins, order kept below
     return [row for row in rows if unique[row.key] is row], notes
+
+
+def cuda_stream() -> int:
+    """A CUDA stream (handle) of its own for a runner's work; torch's stream pool keeps it alive."""
+    return int(require("torch").cuda.Stream().cuda_stream)
 

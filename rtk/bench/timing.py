@@ -94,12 +94,19 @@ def cuda_event_call(work: DeviceWork) -> Callable[[], float]:
     return call
 
 
-def measure_interleaved(calls: Sequence[Callable[[], float]], plan: TimingPlan) -> list[list[float]]:
+def measure_interleaved(calls: Sequence[Callable[[], float]], plan: TimingPlan,
+                        first_calls: list[float] | None = None) -> list[list[float]]:
     """Latencies (seconds) of each timed call, after its warm-up, in ROUNDS slices that alternate
-    between the calls: a change in the machine's load during the run then hits every row alike."""
+    between the calls: a change in the machine's load during the run then hits every row alike.
+
+    `first_calls` gets the wall time of each call's first warm-up call, where torch.compile
+    compiles and autotunes and a CUDA graph is captured.
+    """
     for call in calls:
         start = time.perf_counter()
         call()
+        if first_calls is not None:
+            first_calls.append(time.perf_counter() - start)
         while time.perf_counter() - start < plan.warmup_s:
             call()
     latencies: list[list[float]] = [[] for _ in calls]

@@ -62,6 +62,11 @@ class OnnxRuntimeRunner(Runner):
         self._metadata: dict[str, Any] = {}
 
     @property
+    def name(self) -> str:
+        """'onnxruntime int8' on the CPU, 'onnxruntime cuda int8' on CUDA."""
+        return f"onnxruntime {'cuda ' if self._device == 'cuda' else ''}{self.precision}"
+
+    @property
     def metadata(self) -> dict[str, Any]:
         return self._metadata
 
