@@ -276,6 +276,7 @@ def test_bench_int8_on_cpu_end_to_end(bench_run):
     assert "- INT8 calibration of model.int8.cpu.onnx: percentile, 256 images, seed 0" in (out / "bench.md").read_text()
     env = data["environment"]
     assert env["cpu"] and env["usable_cores"] >= 1 and env["packages"]["onnxruntime"] and env["git"]
+    assert "CPUExecutionProvider" in env["onnxruntime_module"]["providers"]
     assert isinstance(env["command"], str) and env["command"]
     assert (out / "bench.md").is_file() and (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "backend: openvino on cpu (auto: no CUDA device" in bench_run["result"].stderr

@@ -96,6 +96,9 @@ def environment(gpu: str | None, threads: int, load_before: float | None,
         # torch's FP32 convolutions may use TF32 (cuDNN's default), as TensorRT's FP32 layers do
         env["torch_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
         env["torch_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    if installed("onnxruntime"):  # the module imported (onnxruntime-gpu from a --target folder shadows the CPU one)
+        ort = require("onnxruntime")
+        env["onnxruntime_module"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
     if installed("tensorrt"):  # the wheel may be named tensorrt-cu12 / -cu13: ask the module itself
         env["tensorrt"] = require("tensorrt", "gpu").__version__
     return env
