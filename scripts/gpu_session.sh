@@ -38,6 +38,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   device=cpu depths="8 14 20" limit_scale=3
+  export RTK_CALIB_DIR="$state/calib"  # manifests of the tiny models stay out of the repo's calib/
   train_len=(--iterations 2 --batch-size 32)
   bench_len=(--iterations 2 --warmup 0 --batch-sizes 1,8 --limit-images 64)
   step_args=(--device cpu --blocks 1 --steps 1 --warmup 1)
@@ -103,13 +104,25 @@ torch.save(ckpt, sys.argv[2])
 
 ort_part() {
   local res=$out/ort site=$state/ort-site
-  if [ "${SMOKE:-0}" != 1 ] || [ -f "$state/ort-parts/manifest" ]; then
+  if [ -d "$site/onnxruntime" ]; then
+    echo "onnxruntime-gpu is already in $site (an earlier call on this machine)"
+  elif [ "${SMOKE:-0}" != 1 ] || [ -f "$state/ort-parts/manifest" ]; then  # SMOKE: a dummy wheel, if given
     step "$res" ort_install 120 scripts/ort_gpu_wheel.sh install "$state/ort-parts" "$site" || return
   fi
-  PYTHONPATH="$site:$PYTHONPATH" step "$res" ort_providers 60 python -c "
-import onnxruntime as o
-print('onnxruntime', o.__version__, 'from', o.__file__)
-print('available providers', o.get_available_providers())"
+  # A one-node model on the device first: a CUDA provider that does not load shows here in seconds.
+  PYTHONPATH="$site:$PYTHONPATH" step "$res" ort_check 60 python -c "
+import sys, tempfile
+import onnx, onnxruntime as o
+from onnx import TensorProto, helper
+from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+print('onnxruntime', o.__version__, 'from', o.__file__, 'providers', o.get_available_providers())
+io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 10]) for n in ('input', 'logits')]
+path = tempfile.mkdtemp() + '/relu.onnx'
+graph = helper.make_graph([helper.make_node('Relu', ['input'], ['logits'])], 'g', io[:1], io[1:])
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)], ir_version=10), path)
+with OnnxRuntimeRunner(path, device=sys.argv[1]) as runner:
+    print('session providers', runner._session.get_providers())
+" "$device"
   PYTHONPATH="$site:$PYTHONPATH" step "$res" bench20_ort 300 python -m rtk bench --backend onnxruntime \
     --precision all --depth 20 --no-torch-compile --runs-dir "$state/runs" --out "$res/bench20_ort" "${bench_len[@]}"
 }
