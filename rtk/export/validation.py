@@ -91,7 +91,7 @@ def validate_onnx(onnx_path: Path, model: torch.nn.Module, x: np.ndarray, *, sou
         if outputs != [OUTPUT_NAME]:
             return Validation(source, len(x), [], nan, nan, 0.0, atol, rtol,
                               [f"the file has outputs {outputs}, expected [{OUTPUT_NAME!r}]"])
-        with open_model(OnnxRuntimeRunner(str(onnx_path), providers=["CPUExecutionProvider"])) as onnx_model:
+        with open_model(OnnxRuntimeRunner(str(onnx_path), device="cpu")) as onnx_model:
             # a fixed batch pads its last chunk with copies of its images
             got = onnx_model.logits(x, sizes, pad=batch_size is not None)
     except RtkError as exc:  # cannot load, no rtk metadata, logits of the wrong shape

@@ -85,5 +85,5 @@ def validate(model_path: str | os.PathLike[str], reference_path: str | os.PathLi
 
 def _predict(model_path: str | os.PathLike[str], images: np.ndarray) -> np.ndarray:
     """Top-1 class per image through rtk.runtime.Model (onnxruntime, CPU), EVAL_BATCH images per call."""
-    with open_model(OnnxRuntimeRunner(os.fspath(model_path), providers=["CPUExecutionProvider"])) as model:
+    with open_model(OnnxRuntimeRunner(os.fspath(model_path), device="cpu")) as model:
         return model.predict(images, batch_sizes=(EVAL_BATCH,)).classes
