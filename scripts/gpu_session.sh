@@ -3,7 +3,7 @@
 # a command, 15 minutes of device time in all), in parts, each with its own time limit and log:
 #   train    ResNet-32, -44 and -56 with `rtk train --recipe fast`, three processes at once (EPOCHS,
 #            default 60: 7.1 minutes if their GPU time adds up, from the H100's 1.01 s per ResNet-20
-#            epoch (docs/training.md) scaled by depth; limit 9.5 minutes). The final model of each run
+#            epoch (docs/training.md) scaled by depth; limit 550 s). The final model of each run
 #            is reported; validation watched every epoch, the test set read once at the end
 #   ort      onnxruntime-gpu installed from the carried wheel parts (scripts/ort_gpu_wheel.sh), then one
 #            `rtk bench --backend onnxruntime --precision all` on ResNet-20: onnxruntime CUDA FP32, FP16
@@ -85,7 +85,7 @@ head -n 20 "$out/session/env.txt"
 train_part() {
   local res=$out/train d
   for d in $depths; do  # one process per depth: a small ResNet leaves the GPU mostly idle
-    step "$res" "train$d" 570 python -m rtk train --depth "$d" --recipe fast --device "$device" "${train_len[@]}" \
+    step "$res" "train$d" 550 python -m rtk train --depth "$d" --recipe fast --device "$device" "${train_len[@]}" \
       --out-dir "$state/runs/resnet$d" --no-progress &
   done
   wait
@@ -148,9 +148,9 @@ for part in $parts; do
     none) ;;
     train) train_part ;;
     ort) ort_part ;;
-    torch20) torch_bench 20 420 ;;
+    torch20) torch_bench 20 400 ;;
     torch56) torch_bench 56 540 ;;
-    step) step "$out/step" bench_train 180 python scripts/bench_train.py "${step_args[@]}" \
+    step) step "$out/step" bench_train 150 python scripts/bench_train.py "${step_args[@]}" \
             --out "$out/step/bench_train_$device.json" ;;
     tests) step "$out/tests" gpu_tests 60 python -m pytest -q -p no:cacheprovider -m gpu tests/test_data.py ;;
     *) echo "error: unknown part $part (choose from train ort torch20 torch56 step tests none)" >&2; exit 2 ;;
