@@ -31,7 +31,8 @@ from rtk.runtime.base import DEVICES, INPUT_NAME, OUTPUT_NAME, DeviceWork, Runne
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
-GPU_INSTALL = "pip uninstall onnxruntime && pip install onnxruntime-gpu (or pip install 'rtk[gpu]')"
+# PyPI's onnxruntime-gpu (1.31.1) is a CUDA 13 build, the one gpu-cu13 extra of pyproject.toml brings.
+GPU_INSTALL = "pip uninstall onnxruntime && pip install onnxruntime-gpu (or pip install 'rtk[gpu-cu13]')"
 
 
 def cuda_provider_available() -> bool:
@@ -89,7 +90,7 @@ class OnnxRuntimeRunner(Runner):
         return [(CUDA_PROVIDER, options), CPU_PROVIDER]
 
     def _activate(self) -> None:
-        ort = require("onnxruntime", "gpu" if self._device == "cuda" else "cpu")
+        ort = require("onnxruntime", "gpu-cu13" if self._device == "cuda" else "cpu")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads or 0  # 0: one per physical core
@@ -122,7 +123,7 @@ class OnnxRuntimeRunner(Runner):
         or without a compute stream (the events that time the work need the stream it runs on)."""
         if self._device != "cuda" or self.compute_stream is None:
             return None
-        ort = require("onnxruntime", "gpu")
+        ort = require("onnxruntime", "gpu-cu13")
         binding = self._session.io_binding()
         x = ort.OrtValue.ortvalue_from_numpy(np.zeros((batch_size, 3, 32, 32), np.float32), "cuda", self.device_id)
         binding.bind_ortvalue_input(INPUT_NAME, x)  # the binding keeps x's device memory alive
