@@ -32,6 +32,11 @@ out=${1:?usage: gpu_session.sh OUT}
 : "${RTK_DATA_DIR:?set RTK_DATA_DIR to the CIFAR-10 folder (filled from .cifar-parts if carried)}"
 state=${STATE:-/root/rtk-state}
 parts=${PARTS:-train ort torch20 torch56 step tests}
+for part in $parts; do  # a typo must not cost a lease's minutes on the parts before it
+  case $part in none|train|ort|torch20|torch56|step|tests) ;;
+    *) echo "error: unknown part $part (choose from train ort torch20 torch56 step tests none)" >&2; exit 2 ;;
+  esac
+done
 cifar_parts=${CIFAR_PARTS:-.cifar-parts} ort_parts=${ORT_PARTS:-.ort-parts}
 mkdir -p "$out/session" "$state/runs"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -153,7 +158,6 @@ for part in $parts; do
     step) step "$out/step" bench_train 150 python scripts/bench_train.py "${step_args[@]}" \
             --out "$out/step/bench_train_$device.json" ;;
     tests) step "$out/tests" gpu_tests 60 python -m pytest -q -p no:cacheprovider -m gpu tests/test_data.py ;;
-    *) echo "error: unknown part $part (choose from train ort torch20 torch56 step tests none)" >&2; exit 2 ;;
   esac
 done
 

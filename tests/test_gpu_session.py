@@ -88,6 +88,15 @@ def test_a_corrupted_part_or_a_busy_folder_is_refused(tmp_path):
     assert wheel.is_file()
 
 
+def test_an_unknown_part_is_refused_before_any_part_runs(tmp_path):
+    env = {**os.environ, "SMOKE": "1", "PARTS": "train tarin", "STATE": str(tmp_path / "state"),
+           "RTK_DATA_DIR": str(tmp_path / "data")}
+    run = subprocess.run(["bash", "scripts/gpu_session.sh", str(tmp_path / "out")], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=False)
+    assert run.returncode == 2 and "error: unknown part tarin" in run.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
+
+
 @pytest.mark.slow
 def test_gpu_session_smoke_runs_every_part_on_the_cpu(tmp_path, cifar_dir):
     """SMOKE=1 scripts/gpu_session.sh: every part at tiny sizes on the CPU (12 minutes on the shared 2-core CPU)."""
