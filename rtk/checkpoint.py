@@ -6,12 +6,14 @@ checkpoint never runs code from it:
     format        "rtk.checkpoint/1"
     model         {"arch": "resnet_cifar_option_a", "depth": 20, "num_classes": 10}
     state_dict    weights of the unwrapped module (no "module." / "_orig_mod." prefixes)
-    normalization rtk.preprocess.normalization_metadata()
+    normalization rtk.preprocess.normalization_metadata(mean, std): rtk's CIFAR-10 statistics, or
+                  those an imported model was trained with
     classes       class names, index order
-    split         {"seed": 0, "val_size": 5000}
+    split         {"seed": 0, "val_size": 5000}; {"unknown": ...} for weights trained elsewhere
     recipe        the training options, as a dict
     metrics       {"val_acc": ..., "test_acc": ..., "epochs": ..., "steps": ...}
-    provenance    rtk version, git revision, package versions
+    provenance    rtk version, git revision, package versions; for imported weights also
+                  "source": the file's name, sha256 and key layout (rtk.importer)
     train_state   optimizer / schedule / RNG state for --resume (absent in shipped weights)
 """
 
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +56,32 @@ def save(
     split: dict[str, Any],
     recipe: dict[str, Any],
     metrics: dict[str, Any],
+    normalization: Mapping[str, Any] | None = None,
+    classes: Sequence[str] = CLASSES,
+    source: Mapping[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint atomically; returns its path."""
+    """Write the checkpoint atomically; returns its path.
+
+    `normalization` (default: rtk's, normalization_metadata()) and `classes` are what the weights
+    expect and predict; `source` describes the file imported weights came from.
+    """
     net = unwrap(model)
+    if len(classes) != net.num_classes:
+        raise RtkError(f"{len(classes)} class names for a model of {net.num_classes} classes")
     payload: dict[str, Any] = {
         "format": FORMAT,
         "model": {"arch": ARCH, "depth": net.depth, "num_classes": net.num_classes},
         "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-        "normalization": normalization_metadata(),
-        "classes": list(CLASSES),
+        "normalization": dict(normalization or normalization_metadata()),
+        "classes": list(classes),
         "split": split,
         "recipe": recipe,
         "metrics": metrics,
         "provenance": provenance("torch", "numpy"),
     }
+    if source is not None:
+        payload["provenance"]["source"] = dict(source)
     if train_state is not None:
         payload["train_state"] = train_state
     with atomic_path(path) as tmp:
@@ -74,19 +89,43 @@ def save(
     return Path(path)
 
 
-def read(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint dict, checked for format; a clear RtkError for a missing or corrupt file."""
+# torch's restricted unpickler names what it refused on one line of its error:
+# "WeightsUnpickler error: Unsupported global: GLOBAL argparse.Namespace was not an allowed global ...".
+_REFUSED = re.compile(r"WeightsUnpickler error: (.*)")
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """What torch.save wrote to `path`, read with weights_only=True and every storage mapped to the
+    CPU, whatever device it was saved from. One RtkError for a missing file, a corrupt or truncated
+    one, and one that holds pickled code or Python objects (which is refused, never unpickled)."""
     path = Path(path)
     if not path.is_file():
-        raise RtkError(f"checkpoint not found: {path}")
+        raise RtkError(f"{what} not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
-        raise RtkError(f"{path} is not a readable rtk checkpoint (corrupt or truncated?): "
-                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _REFUSED.search(str(exc))
+        found = _REFUSED_GLOBAL.search(refused.group(1)) if refused else None
+        if found:
+            raise RtkError(f"{path} contains pickled code or Python objects ({found.group(1)}) that rtk does "
+                           f"not load: it reads only tensors, numbers, strings and containers of them, so "
+                           f"nothing in a file runs; save the weights alone where the file was made, "
+                           f"torch.save(model.state_dict(), PATH), and use that file") from exc
+        reason = refused.group(1) if refused else str(exc)
+        raise RtkError(f"{path} is not a readable {what} (corrupt or truncated?): {reason}") from exc
+    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RtkError(f"{path} is not a readable {what} (corrupt or truncated?): {reason}") from exc
+
+
+def read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint dict, checked for format; a clear RtkError for a missing or corrupt file."""
+    ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise RtkError(f"{path} is not an rtk checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise RtkError(f"{path} is not an rtk checkpoint (format {found!r}, expected {FORMAT!r}); weights "
+                       f"trained elsewhere can be imported: rtk import {path} --depth N")
     return ckpt
 
 

@@ -1,5 +1,5 @@
 """The names every layer shares: INT8 targets, backends, the precisions rtk bench measures, the
-calibration methods, and where calibration manifests live by default.
+calibration methods, the key layouts rtk import reads, and where calibration manifests live by default.
 
 Defined here, below the stages, the runtime, the pipeline and the CLI, so that any of them can
 import them without importing each other (and the CLI without numpy or torch).
@@ -15,6 +15,8 @@ INT8_TARGETS = ("tensorrt", "cpu")  # the two QDQ flavours rtk quantize writes
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 BENCH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+# Key layouts `rtk import` reads (rtk.importer); state-dict: any names, mapped by structure.
+IMPORT_FORMATS = ("auto", "akamaster", "rtk", "state-dict")
 
 
 def default_calib_dir() -> Path:

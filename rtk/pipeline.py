@@ -1,6 +1,7 @@
 """The artifacts of one model and which stage makes each.
 
     runs/resnet<depth>/checkpoint.pt           rtk train       (or the weights shipped in rtk/weights/)
+                                               rtk import      rtk.importer.import_weights (weights trained elsewhere)
     runs/resnet<depth>/model.onnx              rtk export      rtk.export.export_onnx
     runs/resnet<depth>/model.fp16.onnx         rtk quantize    rtk.quantize.convert_fp16
     runs/resnet<depth>/model.int8.<target>.onnx rtk quantize   rtk.quantize.quantize_int8 (target: tensorrt | cpu)

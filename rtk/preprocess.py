@@ -8,9 +8,13 @@ all take the constants from here (the runtime and C++ via the artifact metadata 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from rtk.errors import RtkError
 
 # CIFAR-10 training-set statistics on the [0, 1] scale (REFERENCE.md section 2), per RGB channel.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -21,11 +25,29 @@ CLASSES = (
 IMAGE_SHAPE = (3, 32, 32)  # C, H, W of one network input
 
 
-def normalization_metadata() -> dict[str, Any]:
-    """What every artifact records so an app can preprocess exactly as training did."""
+def _channel_stats(name: str, values: Sequence[float], *, positive: bool) -> list[float]:
+    """Three finite per-channel figures on the [0, 1] pixel scale (a std must be above 0)."""
+    stats = [float(v) for v in values]
+    if len(stats) != 3 or not all(math.isfinite(v) for v in stats):
+        raise RtkError(f"{name} needs three finite numbers, one per RGB channel, got {list(values)}")
+    if max(stats) > 1:
+        raise RtkError(f"{name} {stats} is not on the [0, 1] pixel scale that rtk normalizes on (uint8 pixels "
+                       f"are divided by 255 first): for statistics of 0..255 pixels pass them divided by 255, "
+                       f"e.g. {[round(v / 255, 4) for v in stats]}")
+    if min(stats) < 0 or (positive and min(stats) == 0):
+        raise RtkError(f"{name} {stats} must be {'above 0' if positive else 'at least 0'} in every channel")
+    return stats
+
+
+def normalization_metadata(mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> dict[str, Any]:
+    """What every artifact records so an app can preprocess exactly as training did.
+
+    `mean` and `std` are per RGB channel on the [0, 1] scale; the defaults are the CIFAR-10 training
+    statistics rtk trains with, other values describe weights trained elsewhere (rtk import).
+    """
     return {
-        "mean": list(MEAN),
-        "std": list(STD),
+        "mean": _channel_stats("mean", mean, positive=False),
+        "std": _channel_stats("std", std, positive=True),
         "scale": 1.0 / 255.0,  # uint8 pixels are divided by 255 before (x - mean) / std
         "value_range": [0, 255],
         "input_dtype": "uint8",

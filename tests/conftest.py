@@ -126,8 +126,9 @@ def write_fake_engine(path: Path, *, precision: str = "fp32", profile: tuple[int
 
 
 
-def make_readout_checkpoint(path: Path, cifar: data.Cifar10, num_images: int = 512, seed: int = 0) -> Path:
-    """A ResNet-20 checkpoint in seconds whose predictions vary like a trained model's (~25% top-1):
+def make_readout_checkpoint(path: Path, cifar: data.Cifar10, num_images: int = 512, seed: int = 0,
+                            depth: int = 20) -> Path:
+    """A ResNet-<depth> checkpoint in seconds whose predictions vary like a trained model's (~25% top-1):
     random convolutions, BN statistics measured on training images, and the FC layer fitted by least
     squares to one-hot labels on the pooled features. For tests of runtimes and benchmarks only."""
     import torch
@@ -137,7 +138,7 @@ def make_readout_checkpoint(path: Path, cifar: data.Cifar10, num_images: int = 5
     from rtk.preprocess import normalize_uint8_nhwc
 
     torch.manual_seed(seed)
-    model = ResNet(20)
+    model = ResNet(depth)
     x = torch.from_numpy(normalize_uint8_nhwc(cifar.train_images[:num_images]))  # [N, 3, 32, 32]
     labels = torch.from_numpy(cifar.train_labels[:num_images])
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):

@@ -38,6 +38,7 @@ def main() -> None:
 
     \b
     rtk train  --depth 20          -> runs/resnet20/checkpoint.pt
+    rtk import FILE --depth 20     -> runs/resnet20/checkpoint.pt (weights trained elsewhere)
     rtk export --depth 20          -> runs/resnet20/model.onnx (validated against torch)
     rtk quantize --depth 20        -> runs/resnet20/model.int8.<target>.onnx, model.fp16.onnx
     rtk build  --precision int8    -> runs/resnet20/model.int8.plan (TensorRT)
@@ -49,4 +50,4 @@ def main() -> None:
 
 # Each module adds its command(s) to `main`; importing them is cheap (no heavy imports).
 # Imported last because they import `main` from here.
-from rtk.cli import arch, bench, build, data, deploy, export, info, quantize, train  # noqa: F401
+from rtk.cli import arch, bench, build, data, deploy, export, importer, info, quantize, train  # noqa: F401

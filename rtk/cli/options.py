@@ -13,9 +13,9 @@ def _check_depth(ctx: click.Context, param: click.Parameter, value: int | None) 
     return value
 
 
-def depth_option(default: int | None = 20):
+def depth_option(default: int | None = 20, required: bool = False, help: str = "ResNet depth, 6n+2."):
     return click.option("--depth", type=int, default=default, show_default=default is not None,
-                        callback=_check_depth, help="ResNet depth, 6n+2.")
+                        required=required, callback=_check_depth, help=help)
 
 
 data_dir_option = click.option(

@@ -125,12 +125,11 @@ def validation_inputs(data_dir: str | os.PathLike[str] | None, num_images: int, 
 
     if num_images < 1:
         raise RtkError(f"--num-images must be at least 1, got {num_images}")
-    try:
-        images = data.load_test_set(data_dir)[0][:num_images]
+    test_set = data.test_set_if_present(data_dir)
+    if test_set is not None:
+        images = test_set[0][:num_images]
         source = f"{len(images)} CIFAR-10 test images"
-    except RtkError:
-        if data_dir is not None or os.environ.get("RTK_DATA_DIR"):
-            raise
+    else:
         log("no CIFAR-10 test set found (see `rtk data download` or --data-dir): "
             "validating on random images instead")
         images = np.random.default_rng(0).integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8)
