@@ -69,7 +69,7 @@ def _probes(rows: list[Row], models: list[Model], batch_size: int) -> list[tuple
             row.skipped_batch_sizes.append(batch_size)
             continue
         kind = "wall" if runner.device == "cpu" else "end_to_end"
-        probes.append((row, kind, wall_clock_call(runner, timing_input(batch_size))))
+        probes.append((row, kind, wall_clock_call(runner, timing_input(batch_size, model.normalization))))
         work = runner.device_work(batch_size)
         if work is not None:
             probes.append((row, "compute", cuda_event_call(work)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -124,6 +125,7 @@ def measure_interleaved(calls: Sequence[Callable[[], float]], plan: TimingPlan,
 
 
 
-def timing_input(batch_size: int) -> np.ndarray:
+def timing_input(batch_size: int, normalization: dict[str, Any]) -> np.ndarray:
+    """Random pixels, normalized as the model's metadata says (so also for imported weights)."""
     rng = np.random.default_rng(SYNTHETIC_SEED)
-    return normalize_uint8_nhwc(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
+    return normalize_uint8_nhwc(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8), normalization)
