@@ -80,6 +80,8 @@ class Imported:
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str, tuple[str, ...]]:
     """(state dict with unwrapped names, where it sat in the file, prefixes removed)."""
     obj = checkpoint.load_weights_only(path, what="weights file")
+    if isinstance(obj, Mapping) and obj.get("format") == checkpoint.FORMAT:
+        raise RtkError(f"{path} is already an rtk checkpoint: use it as it is (e.g. rtk export --checkpoint {path})")
     container: list[str] = []
     while isinstance(obj, Mapping) and not _is_state_dict(obj):
         key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)

@@ -8,7 +8,6 @@ conv + BN projection), and saved as their owners save them: on a GPU, under "sta
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -342,10 +341,15 @@ def test_bad_normalization_is_refused(tmp_path, monkeypatch, option, value, frag
     assert_refused(invoke(path, "--depth", 8, option, value, "--out", tmp_path / "c.pt"), fragment)
 
 
-def test_no_state_dict_inside(tmp_path):
+def test_no_state_dict_inside_and_rtk_checkpoints_are_refused(tmp_path):
     torch.save({"epoch": 3, "note": "no weights"}, tmp_path / "x.pt")
     with pytest.raises(RtkError, match="holds no state dict.*'epoch', 'note'"):
         importer.read_state_dict(tmp_path / "x.pt")
+    from rtk.model import ResNet
+
+    own = checkpoint.save(tmp_path / "own.pt", ResNet(8), split={}, recipe={}, metrics={})
+    with pytest.raises(RtkError, match="already an rtk checkpoint"):  # it keeps its own normalization
+        importer.read_state_dict(own)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def _print_summary(result: Imported) -> None:
 
     table = Table(title=f"rtk import {result.source.name}", title_justify="left")
     table.add_column("")
-    table.add_column("")
+    table.add_column("", overflow="fold")  # the whole sha256, folded rather than cut
     norm = result.normalization
     accuracy = (f"{result.test_acc:.2f}% on {result.test_images:,} CIFAR-10 test images"
                 if result.test_acc is not None else "not checked (no CIFAR-10 found)")
