@@ -266,6 +266,11 @@ def test_wrong_depth_names_the_depth_the_file_fits(tmp_path, monkeypatch):
     _, path = akamaster_file(tmp_path, monkeypatch, depth=14)
     assert_refused(invoke(path, "--depth", 20, "--out", tmp_path / "c.pt"),
                    "holds a ResNet-14 (13 3x3 convolutions), not ResNet-20: pass --depth 14")
+    sd = AkaResNet(8).state_dict()
+    del sd["layer3.0.conv2.weight"]  # 6 3x3 convolutions: no depth fits
+    torch.save(sd, tmp_path / "odd.pt")
+    assert_refused(invoke(tmp_path / "odd.pt", "--depth", 8, "--out", tmp_path / "c.pt"),
+                   "has 6 3x3 convolutions, where ResNet-8 has 7; no CIFAR ResNet (depth 6n+2) has 6")
 
 
 def test_truncated_file_is_refused(tmp_path, monkeypatch):
