@@ -9,7 +9,7 @@ INT8 graphs (bytes of the network, metadata aside), the INT8 test-set validation
 accuracy. Timings are printed side by side, not compared (two runs on a shared machine).
 
     RTK_DATA_DIR=/path/to/cifar-10-batches-py python scripts/import_roundtrip.py [OUT] [--depth 20] \\
-        [--bench-args "--duration 1"]
+        [--bench-args "--duration 1"] [--compare-only]
 
 Writes OUT/{own,imported}/resnet<depth>/..., OUT/calib/, OUT/*.txt (each command's output);
 exit status 1 when any compared figure differs.
@@ -60,9 +60,12 @@ def network_bytes(path: Path) -> bytes:
     return onnx.load(path).graph.SerializeToString()
 
 
-def figures(runs: Path) -> dict[str, object]:
+def figures(runs: Path, export_log: Path) -> dict[str, object]:
     """Everything that must not depend on where the weights came from."""
-    found: dict[str, object] = {}
+    # rtk export's validation table (ONNX vs torch on real test images), row by row
+    rows = [line for line in export_log.read_text().splitlines() if line.startswith("│")]
+    found: dict[str, object] = {f"export validation: {row.split('│')[1].strip()}": row.split("│")[2].strip()
+                                for row in rows}
     for name in ("model.onnx", "model.int8.tensorrt.onnx", "model.int8.cpu.onnx"):
         found[f"{name}: graph"] = network_bytes(runs / name)
     for name in ("model.int8.tensorrt.onnx", "model.int8.cpu.onnx"):
@@ -87,6 +90,7 @@ def main() -> int:
     parser.add_argument("out", nargs="?", type=Path, default=Path("runs/import-roundtrip"))
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--bench-args", default="", help="extra rtk bench options, e.g. '--duration 1'")
+    parser.add_argument("--compare-only", action="store_true", help="compare the files of an earlier run in OUT")
     args = parser.parse_args()
     if not os.environ.get("RTK_DATA_DIR"):
         sys.exit("set RTK_DATA_DIR to the cifar-10-batches-py folder")
@@ -94,11 +98,14 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ["RTK_CALIB_DIR"] = str(out / "calib")  # manifests are named by checkpoint sha256: one each
     shipped = ROOT / "rtk" / "weights" / f"resnet{depth}.pt"
-    source = foreign_copy(shipped, out / f"resnet{depth}-akamaster.th")
+    source = out / f"resnet{depth}-akamaster.th"
+    if not args.compare_only:
+        foreign_copy(shipped, source)
     imported = out / "imported" / f"resnet{depth}" / "checkpoint.pt"
     bench = ["--precision", "int8", *shlex.split(args.bench_args)]
 
-    for side, checkpoint in (("own", shipped), ("imported", imported)):
+    sides = () if args.compare_only else (("own", shipped), ("imported", imported))
+    for side, checkpoint in sides:
         runs = str(out / side)
         if side == "imported":
             run(["import", str(source), "--depth", depth, "--runs-dir", runs, "--force"], out / "imported-import.txt")
@@ -107,7 +114,7 @@ def main() -> int:
         run(["bench", "--checkpoint", str(checkpoint), "--depth", depth, "--runs-dir", runs, *bench],
             out / f"{side}-bench.txt")
 
-    own, theirs = (figures(out / side / f"resnet{depth}") for side in ("own", "imported"))
+    own, theirs = (figures(out / side / f"resnet{depth}", out / f"{side}-export.txt") for side in ("own", "imported"))
     differ = [key for key in own if own[key] != theirs.get(key)]
     print(f"\n{'figure':62} {'own':>10} {'imported':>10}")
     for key in own:
