@@ -279,7 +279,8 @@ max_batch_size {batching.max_batch}; dynamic batching with preferred sizes {pref
 import tritonclient.http as triton
 from rtk.preprocess import normalize_uint8_nhwc
 
-x = normalize_uint8_nhwc(images)  # uint8 [N, 32, 32, 3] -> float32 [N, 3, 32, 32]
+normalization = {dict(norm)!r}  # this model's (the rtk.normalization parameter)
+x = normalize_uint8_nhwc(images, normalization)  # uint8 [N, 32, 32, 3] -> float32 [N, 3, 32, 32]
 request = triton.InferInput("{model.input.name}", list(x.shape), "FP32")
 request.set_data_from_numpy(x)
 client = triton.InferenceServerClient("localhost:8000")

@@ -233,6 +233,8 @@ def test_normalization_travels_to_the_onnx_and_the_runtime(tmp_path, monkeypatch
         np.testing.assert_allclose(model.logits(pixels), expected, rtol=0, atol=1e-4)
     folder = deploy.export_triton(onnx_path, tmp_path / "triton", kind="cpu", log=lambda m: None)
     assert f"mean = {list(mean)}, std = {list(std)}" in (folder / "config.pbtxt").read_text()
+    readme = (folder / "README.md").read_text()  # its client example normalizes with this model's statistics
+    assert f"'mean': {list(mean)}" in readme and "normalize_uint8_nhwc(images, normalization)" in readme
 
 
 def test_near_chance_accuracy_is_warned_about(tmp_path, monkeypatch, fake_cifar_dir):
