@@ -269,7 +269,7 @@ def map_weights(path: Path, tensors: Mapping[str, torch.Tensor], depth: int,
 # The stage
 
 
-def test_accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
+def top1_percent(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                   normalization: Mapping[str, Any]) -> float:
     """Top-1 % of `model` on uint8 [N, 32, 32, 3] images, preprocessed with `normalization`."""
     correct = 0
@@ -327,7 +327,7 @@ def _check_on_test_set(model: torch.nn.Module, normalization: Mapping[str, Any],
             "weights were not checked on real images")
         return None, 0
     images, labels = test_set
-    acc = test_accuracy(model, images, labels, normalization)
+    acc = top1_percent(model, images, labels, normalization)
     # The test set, not rtk's validation split: weights trained elsewhere may have seen those images.
     log(f"test accuracy {acc:.2f}% on the {len(images):,} CIFAR-10 test images (the test set, not rtk's "
         f"validation split: these weights were trained outside rtk and may have seen its validation images)")
