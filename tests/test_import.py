@@ -368,6 +368,7 @@ def test_imported_weights_export_and_quantize_as_rtk_own(tmp_path, monkeypatch, 
     imported: the same ONNX graph and validation, the same INT8 model and accuracy figures on real
     test images (the first VALIDATE_IMAGES, for speed; docs/import.md has the full ResNet-20 run)."""
     from rtk import export, pipeline, quantize
+    from rtk.quantize.validation import validate
 
     own = pipeline.run_paths(8, tmp_path / "own")
     make_readout_checkpoint(own.checkpoint, cifar10, depth=8)
@@ -390,7 +391,7 @@ def test_imported_weights_export_and_quantize_as_rtk_own(tmp_path, monkeypatch, 
         figures[name] = {
             "onnx graph": _graph_bytes(paths.onnx), "int8 graph": _graph_bytes(paths.int8_onnx("cpu")),
             "validation": (v.passed, v.max_abs_diff, v.max_rel_diff, v.top1_agreement),
-            "int8 figures": quantize.validate(paths.int8_onnx("cpu"), paths.onnx, images, labels),
+            "int8 figures": validate(paths.int8_onnx("cpu"), paths.onnx, images, labels),
         }
     assert figures["imported"] == figures["own"]
     assert figures["own"]["int8 figures"]["test_images"] == VALIDATE_IMAGES
