@@ -182,3 +182,31 @@ def ensure_deploy_source(paths: RunPaths, precision: str, kind: str, checkpoint:
         return ensure_int8_onnx(paths, "cpu" if kind == "cpu" else "tensorrt", checkpoint=checkpoint,
                                 data_dir=data_dir, log=log)
     return ensure_onnx_for(paths, precision, checkpoint, data_dir, log)
+
+
+def qat_int8(paths: RunPaths, onnx_path: Path, out: Path, *, epochs: int, method: str = "percentile",
+             checkpoint: Path | None = None, data_dir: str | None = None, num_images: int = 1024, seed: int = 0,
+             calib_dir: str | os.PathLike[str] | None = None, verify: bool = True, log: Log = info) -> Path:
+    """The TensorRT-flavour QDQ model of a QAT-tuned checkpoint at `out`, and the checkpoint beside it
+    (`out` with .pt): PTQ of `onnx_path` for the Q/DQ and scales, rtk.qat.finetune, export of the tuned
+    weights, quantize with the PTQ ranges (fixed in fine-tuning); validated against `onnx_path`."""
+    import tempfile
+
+    from rtk import export, qat, quantize
+    from rtk.fileio import sha256_file
+    from rtk.onnx_meta import read_metadata
+
+    ckpt = ensure_checkpoint(paths, checkpoint, log)
+    if read_metadata(onnx_path).get("checkpoint_sha256") != sha256_file(ckpt):
+        raise RtkError(f"{onnx_path} was not exported from {ckpt}: QAT fine-tunes the checkpoint the ONNX "
+                       f"was exported from (put it beside the ONNX as checkpoint.pt)")
+    with tempfile.TemporaryDirectory(prefix="rtk-qat-") as work:
+        ptq = quantize.quantize_int8(onnx_path, Path(work) / "ptq.onnx", target="tensorrt", method=method,
+                                     data_dir=data_dir, num_images=num_images, seed=seed, calib_dir=calib_dir,
+                                     verify=False, log=log)
+        manifest = read_metadata(ptq)["calibration"]["manifest"]
+        tuned = qat.finetune(ckpt, ptq, out.with_suffix(".pt"), epochs=epochs, data_dir=data_dir, log=log)
+        tuned_onnx = export.export_onnx(tuned, Path(work) / "model.qat.onnx", data_dir=data_dir,
+                                        log=log)
+        return quantize.quantize_int8(tuned_onnx, out, target="tensorrt", method=method, data_dir=data_dir,
+                                      verify=verify, ranges_from=manifest, reference=onnx_path, log=log)

@@ -13,6 +13,7 @@ from typing import Any
 
 from rtk.errors import require
 from rtk.fileio import atomic_path, write_text_atomic
+from rtk.stats import brief
 
 REPORT_FILES = ("bench.json", "bench.md", "bench.png")
 STAT_COLUMNS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms")
@@ -144,8 +145,8 @@ def _ms(value: float) -> str:
 
 LATENCY_HEADER = ["batch", "row", "mean ms", "p50 ms", "p90 ms", "p99 ms", "min ms", "img/s", "speed-up",
                   "calls"]
-ACCURACY_HEADER = ["row", "top-1 %", "delta vs torch fp32", "agreement vs torch fp32"]
-REFERENCE_HEADER = ["reference", "delta vs reference", "agreement vs reference"]
+ACCURACY_HEADER = ["row", "top-1 %", "delta vs torch fp32", "fixed/broken, p", "agreement vs torch fp32"]
+REFERENCE_HEADER = ["reference", "delta vs reference", "fixed/broken, p", "agreement vs reference"]
 TARGET_HEADER = ["target", "for", "required", "value", "result", "figures"]
 
 
@@ -172,10 +173,10 @@ def accuracy_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for row in scored:
         acc = row["accuracy"]
         line = [row["name"], f"{acc['top1']:.2f}", _fmt(acc["delta_vs_baseline"], "+.2f"),
-                _fmt(acc["agreement_vs_baseline"], ".2f", "%")]
+                brief(acc.get("evidence_vs_baseline")), _fmt(acc["agreement_vs_baseline"], ".2f", "%")]
         if with_reference:
             line += [acc["reference"] or "-", _fmt(acc["delta_vs_reference"], "+.2f"),
-                     _fmt(acc["agreement_vs_reference"], ".2f", "%")]
+                     brief(acc.get("evidence_vs_reference")), _fmt(acc["agreement_vs_reference"], ".2f", "%")]
         lines.append(line)
     return ACCURACY_HEADER + (REFERENCE_HEADER if with_reference else []), lines
 

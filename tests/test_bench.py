@@ -269,6 +269,11 @@ def test_bench_int8_on_cpu_end_to_end(bench_run):
     assert torch_row["accuracy"]["delta_vs_baseline"] == 0 and torch_row["accuracy"]["agreement_vs_baseline"] == 100
     assert ort_fp32["accuracy"]["agreement_vs_baseline"] > 99.9  # the same network in FP32
     assert ort_int8["accuracy"]["agreement_vs_baseline"] > 80 and ov_int8["accuracy"]["agreement_vs_baseline"] > 80
+    assert torch_row["accuracy"]["evidence_vs_baseline"]["p_value"] == 1.0  # against itself: nothing fixed or broken
+    for row in (ort_int8, ov_int8):  # the difference comes with the images behind it
+        evidence = row["accuracy"]["evidence_vs_baseline"]
+        assert evidence["images"] == 10_000 and 0 <= evidence["p_value"] <= 1
+        assert (evidence["fixed"] - evidence["broken"]) / 100 == pytest.approx(row["accuracy"]["delta_vs_baseline"])
     assert torch_row["accuracy"]["top1"] > 15  # the readout model is far above chance (10%)
     # the reused model.int8.cpu.onnx (bench_runs_dir: 256 images) reports its own calibration
     assert ort_int8["calibration"]["method"] == "percentile" and ort_int8["calibration"]["num_images"] == 256

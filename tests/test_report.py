@@ -148,10 +148,12 @@ def test_reference_columns_only_for_a_row_with_a_reference():
     header, _ = report.accuracy_table(res)
     assert "reference" not in header
     res["rows"][3]["accuracy"] = {**res["rows"][3]["accuracy"], "reference": "onnxruntime on model.int8.tensorrt.onnx",
-                                  "delta_vs_reference": 0.01, "agreement_vs_reference": 99.9}
+                                  "delta_vs_reference": 0.01, "agreement_vs_reference": 99.9,
+                                  "evidence_vs_reference": {"fixed": 3, "broken": 2, "p_value": 1.0}}
     header, lines = report.accuracy_table(res)
-    assert header[-3:] == report.REFERENCE_HEADER
-    assert lines[3][-3:] == ["onnxruntime on model.int8.tensorrt.onnx", "+0.01", "99.90%"]
+    assert header[-4:] == report.REFERENCE_HEADER
+    assert lines[3][-4:] == ["onnxruntime on model.int8.tensorrt.onnx", "+0.01", "+3/-2, p=1.00", "99.90%"]
+    assert lines[2][3] == "-"  # a row measured without its evidence says so
 
 
 def test_report_redraws_from_bench_json_alone(tmp_path):

@@ -12,6 +12,7 @@ from rtk.log import Log
 from rtk.pipeline import RunPaths
 from rtk.runtime import Model, open_model
 from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from rtk.stats import paired
 
 ACCURACY_BATCH = 256  # images per predict() call when measuring accuracy (a default timed batch size)
 
@@ -45,7 +46,8 @@ def measure_accuracy(rows: list[Row], models: list[Model], paths: RunPaths, conf
             base_pred = pred
         row.accuracy = Accuracy(top1=top1_accuracy(pred, labels), images=len(images),
                                 delta_vs_baseline=top1_accuracy(pred, labels) - top1_accuracy(base_pred, labels),
-                                agreement_vs_baseline=top1_accuracy(pred, base_pred))
+                                agreement_vs_baseline=top1_accuracy(pred, base_pred),
+                                evidence_vs_baseline=paired(pred == labels, base_pred == labels).as_dict())
         if row.device == "cuda" and row.backend in ("tensorrt", "onnxruntime") and row.precision == "int8":
             qdq = paths.int8_onnx("tensorrt")
             with open_model(OnnxRuntimeRunner(str(qdq), threads=threads)) as reference:
@@ -53,3 +55,4 @@ def measure_accuracy(rows: list[Row], models: list[Model], paths: RunPaths, conf
             row.accuracy.reference = f"onnxruntime on {qdq.name}"
             row.accuracy.delta_vs_reference = top1_accuracy(pred, labels) - top1_accuracy(ref_pred, labels)
             row.accuracy.agreement_vs_reference = top1_accuracy(pred, ref_pred)
+            row.accuracy.evidence_vs_reference = paired(pred == labels, ref_pred == labels).as_dict()

@@ -17,10 +17,13 @@ class Accuracy:
     images: int
     delta_vs_baseline: float | None = None  # points, top1 - baseline top1
     agreement_vs_baseline: float | None = None  # percent of images with the baseline's top-1 class
+    # rtk.stats.Paired.as_dict() against the baseline: images fixed / broken, 95% interval, McNemar p
+    evidence_vs_baseline: dict[str, Any] | None = None
     # INT8 on CUDA (TensorRT, onnxruntime CUDA): the same against onnxruntime on the CPU, same QDQ file
     reference: str | None = None
     delta_vs_reference: float | None = None
     agreement_vs_reference: float | None = None
+    evidence_vs_reference: dict[str, Any] | None = None
 
 
 @dataclass

@@ -50,4 +50,4 @@ def main() -> None:
 
 # Each module adds its command(s) to `main`; importing them is cheap (no heavy imports).
 # Imported last because they import `main` from here.
-from rtk.cli import arch, bench, build, data, deploy, export, importer, info, quantize, train  # noqa: F401
+from rtk.cli import arch, bench, build, compare, data, deploy, export, importer, info, quantize, train  # noqa: F401

@@ -39,13 +39,20 @@ DEFAULT_DEPTH = 20
               help="File to write, when exactly one model is asked for.")
 @click.option("--calib-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Calibration manifests [env RTK_CALIB_DIR; default: calib].")
+@click.option("--max-drop", "max_drop", type=float, default=None,
+              help="Mixed precision: leave the fewest, cheapest Convs float so that INT8 loses at most this many "
+                   "points against FP32 on the validation split (chosen there; the test set only reports).")
+@click.option("--qat-epochs", type=click.IntRange(min=1), default=None,
+              help="Quantization-aware fine-tuning: this many epochs on the training split with the TensorRT "
+                   "flavour's Q/DQ simulated, from the calibrated scales; writes model.int8.tensorrt.qat.onnx and "
+                   "the tuned checkpoint model.int8.tensorrt.qat.pt (the epoch kept is chosen on validation).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Validate each model against FP32 on the 10,000 test images (onnxruntime, CPU).")
 @data_dir_option
 @runs_dir_option
 def quantize(depth: int | None, target: str, method: str, precision: str, fp16_only: bool, num_images: int, seed: int,
-             onnx_path: Path | None, out: Path | None, calib_dir: Path | None, verify: bool, data_dir: str | None,
-             runs_dir: str) -> None:
+             onnx_path: Path | None, out: Path | None, calib_dir: Path | None, max_drop: float | None,
+             qat_epochs: int | None, verify: bool, data_dir: str | None, runs_dir: str) -> None:
     """Calibrate INT8 on CIFAR-10 training images and write QDQ models; or convert to FP16.
 
     Each model is validated on the real test set and its figures stored beside it as <model>.json;
@@ -62,6 +69,11 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
         jobs += [("int8", t, m) for t in targets for m in methods]
     if precision in ("fp16", ALL):
         jobs.append(("fp16", "", ""))
+    if max_drop is not None and precision == "fp16":
+        raise click.UsageError("--max-drop chooses which Convs stay out of INT8: it needs --precision int8 or all")
+    if qat_epochs is not None and (precision != "int8" or target != "tensorrt" or method == ALL or max_drop is not None):
+        raise click.UsageError("--qat-epochs fine-tunes for the TensorRT flavour: use it with --target tensorrt, "
+                               "one --method, --precision int8 and without --max-drop")
     if out is not None and len(jobs) > 1:
         raise click.UsageError("--out names one file: choose one --target and --method, or --fp16")
 
@@ -74,13 +86,20 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
             destination = out or paths.fp16_onnx
         else:
             default = paths.int8_onnx(flavour)
-            destination = out or (default if len(methods) == 1 else default.with_suffix(f".{calibration}.onnx"))
+            destination = out or (default.with_suffix(".qat.onnx") if qat_epochs else default if len(methods) == 1
+                                  else default.with_suffix(f".{calibration}.onnx"))
         try:
             if kind == "fp16":
                 stage.convert_fp16(source, destination, data_dir=data_dir, verify=verify)
+            elif qat_epochs:
+                from rtk.pipeline import qat_int8
+
+                qat_int8(paths, source, destination, epochs=qat_epochs, method=calibration, data_dir=data_dir,
+                         num_images=num_images, seed=seed, calib_dir=calib_dir, verify=verify)
             else:
                 stage.quantize_int8(source, destination, target=flavour, method=calibration, data_dir=data_dir,
-                                    num_images=num_images, seed=seed, calib_dir=calib_dir, verify=verify)
+                                    num_images=num_images, seed=seed, calib_dir=calib_dir, verify=verify,
+                                    max_validation_drop=max_drop)
         except stage.AccuracyDropError as exc:  # the others still run: --method all is for comparing
             rows.append((destination, calibration, exc.figures, False))
             continue
@@ -115,16 +134,19 @@ def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rtk.stats import brief
+
     folders = sorted({str(path.parent) for path, *_ in rows})
     table = Table(title=f"{', '.join(folders)} (test set, onnxruntime CPU)")
     table.add_column("model", overflow="fold")
     table.add_column("method", no_wrap=True)
-    for column in ("accuracy", "vs FP32", "agreement"):
+    for column in ("accuracy", "vs FP32", "fixed/broken, p", "agreement"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("written", no_wrap=True)
     for path, method, figures, written in rows:
-        cells = (["-", "-", "-"] if figures is None else
-                 [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}",
+        cells = (["-", "-", "-", "-"] if figures is None else
+                 [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}", brief(figures.get("evidence")),
                   f"{figures['top1_agreement_pct']:.2f}%"])
         table.add_row(path.name, method or "-", *cells, "yes" if written else "no", style=None if written else "red")
     Console().print(table)
+

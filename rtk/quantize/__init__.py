@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rtk import data
 from rtk.errors import RtkError, require
@@ -43,11 +45,18 @@ from rtk.quantize.calibration import (
     calibration_manifest_path,
     quantization_module,
     quiet,
+    read_manifest,
     tensors_data,
     write_manifest,
 )
 from rtk.quantize.metadata import fp32_metadata, set_rtk_metadata
-from rtk.quantize.qdq import FLAVOURS, activation_quantization, qdq_on_shortcuts_only
+from rtk.quantize.qdq import (
+    FLAVOURS,
+    activation_quantization,
+    conv_macs,
+    int8_mac_share,
+    qdq_on_shortcuts_only,
+)
 from rtk.quantize.validation import AccuracyDropError, validate_into, validation_path
 
 __all__ = ["AccuracyDropError", "convert_fp16", "quantize_int8", "validation_path"]
@@ -57,53 +66,98 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
                   method: str = "percentile", data_dir: str | os.PathLike[str] | None = None,
                   log: Log = info, num_images: int = 1024, seed: int = 0,
                   calib_dir: str | os.PathLike[str] | None = None, verify: bool = True,
-                  max_drop: float | None = None) -> Path:
+                  max_drop: float | None = None, exclude: Sequence[str] = (),
+                  max_validation_drop: float | None = None, ranges_from: str | os.PathLike[str] | None = None,
+                  reference: str | os.PathLike[str] | None = None) -> Path:
     """The INT8 QDQ model of `target` ("tensorrt" | "cpu") from the FP32 `onnx_path`, written to `out`.
 
     Calibrates with `method` on `num_images` class-balanced training images chosen by `seed` (or
     reuses the manifest under `calib_dir` for the same model, method, N and seed), quantizes, and
-    with `verify` validates on the test set (refusing a drop over `max_drop` points).
+    with `verify` validates on the test set (refusing a drop over `max_drop` points). The Conv nodes
+    named in `exclude` stay float: no Q/DQ on their inputs; with `max_validation_drop` (points)
+    rtk.mixed_precision adds the fewest it takes to lose no more than that on the validation split.
+    With `ranges_from` (a manifest of another file of this network: the scales a QAT fine-tuning kept)
+    nothing is calibrated and no manifest is written; `reference` is the FP32 model validation
+    compares against (default: `onnx_path`).
     """
     if target not in FLAVOURS:
         raise RtkError(f"unknown INT8 target {target!r}; choose one of {', '.join(FLAVOURS)}")
     if method not in METHODS:
         raise RtkError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    quantization = quantization_module()
-    onnx = require("onnx")
+    quantization_module()
     onnx_path, out = Path(onnx_path), Path(out)
     meta = fp32_metadata(onnx_path)
     cifar = data.load_cifar10(data_dir)
-    manifest_path = calibration_manifest_path(calib_dir, meta, method, num_images, seed, onnx_path)
-    manifest = calibration_for(onnx_path, meta, cifar, manifest_path, method, num_images, seed, log)
-    flavour = FLAVOURS[target]
+    if ranges_from is None:
+        manifest_path = calibration_manifest_path(calib_dir, meta, method, num_images, seed, onnx_path)
+        manifest = calibration_for(onnx_path, meta, cifar, manifest_path, method, num_images, seed, log)
+    else:
+        manifest_path = Path(ranges_from)
+        manifest = read_manifest(manifest_path)
+        if manifest["model"]["depth"] != meta["depth"] or manifest["method"] != method:
+            raise RtkError(f"{manifest_path} holds {manifest['method']} ranges of a ResNet-{manifest['model']['depth']}, "
+                           f"not {method} ranges of this ResNet-{meta['depth']}")
+        log(f"using the ranges in {manifest_path} ({method}), not calibrating")
+    unknown = sorted(set(exclude) - set(conv_macs(onnx_path)))
+    if unknown:
+        raise RtkError(f"cannot leave {', '.join(unknown)} out of INT8: not a Conv of {onnx_path}")
+    calibration = {"manifest": manifest_path.as_posix(), "method": method, "num_images": num_images, "seed": seed}
+    selection = None
+    if max_validation_drop is not None:
+        from rtk.quantize import mixed_precision
 
+        selection = mixed_precision.choose_float_convs(
+            onnx_path, lambda path, convs: _write_int8(onnx_path, path, manifest, method, target, convs,
+                                                        calibration, log=lambda _: None),
+            max_drop=max_validation_drop, data_dir=data_dir, log=log)
+        exclude = [*exclude, *selection["float_convs"]]
+
+    flavour = FLAVOURS[target]
     log(f"quantizing {onnx_path} for {target} ({flavour.activation_type} activations, QInt8 weights "
-        f"per channel, QDQ on {', '.join(flavour.op_types)})")
-    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="rtk-quantize-") as work:
+        f"per channel, QDQ on {', '.join(flavour.op_types)}"
+        f"{'; float: ' + ', '.join(exclude) if exclude else ''})")
+    with atomic_path(out) as tmp:
+        model = _write_int8(onnx_path, tmp, manifest, method, target, exclude, calibration, log)
+        validate_into(tmp, out, Path(reference or onnx_path), "int8", data_dir, verify, max_drop, log)
+
+    if ranges_from is not None:
+        return out  # the manifest describes the file it calibrated
+    manifest.setdefault("quantized", {})[target] = {
+        "model": out.name, "sha256": sha256_file(out), "float_convs": sorted(exclude),
+        "int8_mac_share": int8_mac_share(onnx_path, exclude),
+        **({"mixed_precision": selection} if selection else {}),
+        "activations": activation_quantization(model)}
+    write_manifest(manifest_path, manifest)
+    return out
+
+
+def _write_int8(onnx_path: Path, out: Path, manifest: Mapping[str, Any], method: str, target: str,
+                exclude: Sequence[str], calibration: Mapping[str, Any], log: Log) -> Any:
+    """quantize_static with the manifest's ranges into `out` (the Convs `exclude` float), the
+    flavour's graph edits and rtk metadata; returns the written model."""
+    quantization = quantization_module()
+    onnx = require("onnx")
+    flavour = FLAVOURS[target]
+    with tempfile.TemporaryDirectory(prefix="rtk-quantize-") as work:
         cache = Path(work) / "ranges.json"
         quantization.save_tensors_data(tensors_data(quantization, manifest["ranges"], method), cache)
         with quiet():
             quantization.quantize_static(
-                onnx_path, tmp, None, quant_format=quantization.QuantFormat.QDQ,
+                onnx_path, out, None, quant_format=quantization.QuantFormat.QDQ,
                 op_types_to_quantize=list(flavour.op_types), per_channel=True, reduce_range=False,
                 activation_type=getattr(quantization.QuantType, flavour.activation_type),
                 weight_type=quantization.QuantType.QInt8,
                 calibrate_method=getattr(quantization.CalibrationMethod, METHODS[method].calibration_method),
-                extra_options=dict(flavour.extra_options), calibration_cache_path=cache)
-        model = onnx.load(tmp)
-        if flavour.qdq_on_shortcut_only:
-            cut = qdq_on_shortcuts_only(model)
-            log(f"moved Q/DQ off the conv branch of {cut} residual Adds (shortcut input only)")
-        calibration = {"manifest": manifest_path.as_posix(), "method": method,
-                       "num_images": num_images, "seed": seed}
-        set_rtk_metadata(onnx, model, onnx_path, precision="int8", int8_target=target, calibration=calibration)
-        onnx.save(model, tmp)
-        validate_into(tmp, out, onnx_path, "int8", data_dir, verify, max_drop, log)
-
-    manifest.setdefault("quantized", {})[target] = {
-        "model": out.name, "sha256": sha256_file(out), "activations": activation_quantization(model)}
-    write_manifest(manifest_path, manifest)
-    return out
+                extra_options=dict(flavour.extra_options), calibration_cache_path=cache,
+                nodes_to_exclude=list(exclude))
+    model = onnx.load(out)
+    if flavour.qdq_on_shortcut_only:
+        cut = qdq_on_shortcuts_only(model)
+        log(f"moved Q/DQ off the conv branch of {cut} residual Adds (shortcut input only)")
+    set_rtk_metadata(onnx, model, onnx_path, precision="int8", int8_target=target,
+                      calibration={**calibration, "float_convs": sorted(exclude)})
+    onnx.save(model, out)
+    return model
 
 
 def convert_fp16(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str], *,

@@ -3,13 +3,12 @@ a manifest under calib/ and reused for the same model, method, N and seed.
 
 Why rtk runs onnxruntime's calibrator itself instead of letting quantize_static do it:
 quantize_static hands the calibrator only the CalibTensorRangeSymmetric / CalibMovingAverage /
-CalibPercentile / ... extra options, never the histogram size. Entropy then runs with its defaults
-num_bins = num_quantized_bins = 128, and its KL search (thresholds from num_quantized_bins / 2 to
-num_bins / 2 bins around zero) has exactly one candidate: the whole histogram, max(|min|, |max|).
-With symmetric activations that is MinMax's scale to the last bit, which is why a probe found MinMax
-and Entropy identical. `calibrate` passes 2048 histogram bins (TensorRT's own entropy calibrator used
-2048 bins and 128 quantized bins) and hands the ranges to quantize_static through its calibration
-cache (onnxruntime >= 1.27).
+CalibPercentile / ... extra options, never the histogram size (Entropy then has num_bins =
+num_quantized_bins = 128, one KL candidate, and MinMax's ranges). `calibrate` collects 2048-bin |x|
+histograms with onnxruntime's calibrator, takes percentile ranges from it, or for entropy searches the
+KL threshold itself (entropy_range: onnxruntime's search counts the exact zeros of ReLU outputs and
+clipped them to a fifth of their range), and hands the ranges to quantize_static through its
+calibration cache (onnxruntime >= 1.27).
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ CALIB_BATCH = 64  # images per calibrator session run
 # (ResNet-20: ~1.9 MB of float32 per image): chunks of 2560 / depth images keep that near 250 MB
 # for any depth. MinMax reduces inside the graph and does not care.
 CALIB_IMAGES_PER_DEPTH = 2560
+KL_CANDIDATES = 512  # thresholds the entropy search tries per tensor (the |x| histograms have ~2-3k bins)
 # The training/validation split the calibration images are drawn from: rtk train's default
 # (rtk.data.split_indices), so no calibration image is a validation (or test) image.
 SPLIT = {"seed": 0, "val_size": 5000}
@@ -51,20 +51,24 @@ SPLIT = {"seed": 0, "val_size": 5000}
 
 @dataclass(frozen=True)
 class Method:
-    """One calibration method: onnxruntime's CalibrationMethod member and its calibrator options."""
+    """One calibration method: onnxruntime's CalibrationMethod member and its calibrator options;
+    `kl_levels` set: rtk picks each range from the calibrator's |x| histograms by KL divergence."""
 
     calibration_method: str
     options: Mapping[str, Any]
+    kl_levels: int | None = None
 
 
+# onnxruntime's histogram of |x|: 2048 bins from 0 to the first chunk's max|x|, more bins of the same
+# width as later chunks reach further.
+ABS_HISTOGRAM = {"num_bins": 2048, "percentile": 99.999, "symmetric": True}
 METHODS: dict[str, Method] = {
-    # |x| at the 99.999th percentile of a 2048-bin histogram of |x| (clipped to the observed range).
-    "percentile": Method("Percentile", {"num_bins": 2048, "percentile": 99.999, "symmetric": True}),
-    # The range whose 128-level quantization keeps the histogram's KL divergence smallest (TensorRT's
-    # legacy entropy calibrator: 2048 bins, 128 levels). On ReLU outputs, whose histograms are a spike
-    # at 0 and a long tail, it clips hard (a trained ResNet-20 lost 2.2 points, docs/quantization.md);
-    # 256 levels clipped harder still in a probe.
-    "entropy": Method("Entropy", {"num_bins": 2048, "num_quantized_bins": 128}),
+    # |x| at the 99.999th percentile of the |x| histogram (clipped to the observed range).
+    "percentile": Method("Percentile", ABS_HISTOGRAM),
+    # The clipping of |x| whose 128-level quantization (symmetric INT8's positive levels) has the
+    # smallest KL divergence from the histogram (TensorRT's entropy calibration), with the exact zeros
+    # of ReLU outputs left out of the histogram (entropy_range says why).
+    "entropy": Method("Percentile", ABS_HISTOGRAM, kl_levels=128),
     # The observed minimum and maximum of each tensor over all calibration images.
     "minmax": Method("MinMax", {}),
 }
@@ -91,18 +95,79 @@ def calibrate(onnx_path: str | os.PathLike[str], images: np.ndarray, method: str
     quantization = quantization_module()
     spec = METHODS[method]
     depth = fp32_metadata(Path(onnx_path))["depth"]
-    chunk = max(CALIB_BATCH, CALIB_IMAGES_PER_DEPTH // depth)
     with tempfile.TemporaryDirectory(prefix="rtk-calibrate-") as work, quiet():
         calibrator = quantization.create_calibrator(
             Path(onnx_path), list(CALIBRATED_OP_TYPES),
             augmented_model_path=str(Path(work) / "augmented.onnx"),
             calibrate_method=getattr(quantization.CalibrationMethod, spec.calibration_method),
             extra_options=dict(spec.options))
-        for start in range(0, len(images), chunk):
-            calibrator.collect_data(_CalibrationBatches(images[start:start + chunk]))
+        for start, stop in calibration_chunks(len(images), depth):
+            calibrator.collect_data(_CalibrationBatches(images[start:stop]))
+        if spec.kl_levels is not None:  # {tensor: (counts, edges, min, max)} of |x|
+            return {name: entropy_range(*histogram[:2], float(histogram[2]), float(histogram[3]), spec.kl_levels)
+                    for name, histogram in sorted(calibrator.collector.get_histogram_dict().items())}
         tensors = calibrator.compute_data()
     return {name: [float(np.asarray(value).item()) for value in tensors[name].range_value]
             for name in sorted(tensors)}
+
+
+def entropy_range(counts: np.ndarray, edges: np.ndarray, low: float, high: float, levels: int) -> list[float]:
+    """[low, high] of one tensor from its |x| histogram (counts [B], edges [B + 1] from 0): the
+    threshold T whose `levels`-level quantization of the clipped histogram is closest in KL divergence
+    to the histogram with everything beyond T piled into the last bin (TensorRT's entropy
+    calibration; candidates from `levels` bins to all of them), clipped to the observed [low, high].
+
+    A ReLU output (low >= 0) is about half exact zeros. They sit in bin 0, which the quantizer
+    represents exactly whatever T is, yet they dominate the divergence: smearing that spike over the
+    group of bins it is merged with costs less the narrower the window, so the search clipped ReLU
+    outputs to a fifth of their range (onnxruntime's entropy lost 2.8 points of the shipped ResNet-20 on
+    the validation split, TensorRT's algorithm as is 61). Bin 0 is left out for such tensors.
+    onnxruntime's own search (HistogramCollector.get_entropy_threshold) cannot leave it out, spends
+    half its levels on the empty negative side of a one-sided tensor, and loops over bins in Python
+    (minutes per model): this is the same divergence over whole arrays.
+    """
+    counts = np.asarray(counts, np.float64).copy()
+    if low >= 0:
+        counts[0] = 0.0
+    beyond = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # beyond[i] = counts[i:].sum()
+    best, best_bins = np.inf, len(counts)
+    first = min(levels, len(counts))
+    step = -(-(len(counts) - first) // KL_CANDIDATES) or 1  # candidates 0.2% of the range apart or closer
+    for bins in [*range(first, len(counts), step), len(counts)]:
+        p = counts[:bins].copy()  # the reference: clipped at edges[bins], outliers in the last bin
+        p[-1] += beyond[bins]
+        if not p.sum():
+            continue
+        # q: `levels` groups of bins (the last takes the remainder), each group's count spread
+        # evenly over its non-empty bins, as a quantizer with T = edges[bins] would see them
+        starts = np.arange(levels) * (bins // levels)
+        sizes = np.diff(np.append(starts, bins))
+        filled = p != 0
+        per_bin = np.add.reduceat(counts[:bins], starts) / np.maximum(np.add.reduceat(filled * 1.0, starts), 1.0)
+        q = np.repeat(per_bin, sizes) * filled  # [bins]
+        support = p > 0
+        if not q.sum() or not q[support].all():
+            continue
+        p, q = p[support] / p.sum(), q[support] / q.sum()
+        divergence = float(np.sum(p * np.log(p / q)))
+        if divergence < best:
+            best, best_bins = divergence, bins
+    threshold = float(edges[best_bins])
+    return [max(-threshold, low), min(threshold, high)]
+
+
+def calibration_chunks(num_images: int, depth: int) -> list[tuple[int, int]]:
+    """(start, stop) of the images of each calibrator.collect_data call.
+
+    The histogram calibrators stack the outputs of all session runs of one collect_data call with
+    np.asarray, which fails on batches of different sizes ("inhomogeneous shape"): so every chunk
+    holds whole CALIB_BATCH batches (about CALIB_IMAGES_PER_DEPTH / depth images), and the images
+    that do not fill a last batch go in a call of their own.
+    """
+    per_chunk = CALIB_BATCH * max(1, CALIB_IMAGES_PER_DEPTH // depth // CALIB_BATCH)
+    whole = num_images - num_images % CALIB_BATCH
+    chunks = [(start, min(start + per_chunk, whole)) for start in range(0, whole, per_chunk)]
+    return chunks + ([(whole, num_images)] if whole < num_images else [])
 
 
 def calibration_manifest_path(calib_dir: str | os.PathLike[str] | None, meta: Mapping[str, Any],
@@ -132,11 +197,12 @@ def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar1
                            f"{manifest['data']['checksum'][:12]}, this copy {checksum[:12]}); "
                            f"delete it to recalibrate")
         indices = np.asarray(manifest["indices"], dtype=np.int64)
-        if manifest["model"].get("onnx_sha256") == onnx_sha and manifest.get("ranges"):
+        if (manifest["model"].get("onnx_sha256") == onnx_sha and manifest.get("ranges")
+                and _same_calibrator(manifest.get("calibrator"), _calibrator_record(method))):
             log(f"reusing the calibration in {path} ({method}, {len(indices)} images, seed {seed})")
             return manifest
-        log(f"{onnx_path} differs from the model calibrated in {path}: recalibrating on its "
-            f"{len(indices)} images")
+        log(f"{path} was calibrated from another {onnx_path.name} or by another calibrator: "
+            f"recalibrating on its {len(indices)} images")
     else:
         train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
         indices = data.calibration_indices(cifar.train_labels, train_idx, num_images, seed)
@@ -151,16 +217,30 @@ def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar1
     log(f"calibrating ({method}) on {len(indices)} CIFAR-10 training images with onnxruntime")
     manifest["model"] = {"depth": meta["depth"], "checkpoint_sha256": meta.get("checkpoint_sha256"),
                          "onnx": onnx_path.name, "onnx_sha256": onnx_sha}
-    manifest["calibrator"] = {"onnxruntime": onnxruntime_version(),
-                              "method": METHODS[method].calibration_method,
-                              "options": dict(METHODS[method].options),
-                              "op_types": list(CALIBRATED_OP_TYPES)}
+    manifest["calibrator"] = _calibrator_record(method)
     manifest["ranges"] = calibrate(onnx_path, images, method)
     manifest.pop("quantized", None)  # scales of models quantized from other ranges
     write_manifest(path, manifest)
     log(f"wrote {path}")
     return manifest
 
+
+
+def _calibrator_record(method: str) -> dict[str, Any]:
+    """What made a manifest's ranges; ranges made otherwise are not reused."""
+    spec = METHODS[method]
+    record = {"onnxruntime": onnxruntime_version(), "method": spec.calibration_method,
+              "options": dict(spec.options), "op_types": list(CALIBRATED_OP_TYPES)}
+    if spec.kl_levels is not None:
+        record["range_search"] = {"kl_levels": spec.kl_levels, "relu_zeros": "left out"}
+    return record
+
+
+def _same_calibrator(recorded: Any, current: dict[str, Any]) -> bool:
+    """Whether ranges recorded by `recorded` are this calibrator's; another onnxruntime release
+    running the same method and options counts as the same (a tracked manifest is not rewritten)."""
+    return isinstance(recorded, dict) and {k: v for k, v in recorded.items() if k != "onnxruntime"} == \
+        {k: v for k, v in current.items() if k != "onnxruntime"}
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

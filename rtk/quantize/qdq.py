@@ -8,12 +8,14 @@ weights (U8S8). Both are written by onnxruntime.quantization.quantize_static (rt
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rtk.errors import RtkError
+from rtk.errors import RtkError, require
 from rtk.names import INT8_TARGETS
+from rtk.onnx_meta import load_onnx
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,29 @@ def qdq_on_shortcuts_only(model: Any) -> int:
     for initializer in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(initializer)  # the scale and zero point of the cut pairs
     return len(cut) // 2
+
+
+def conv_macs(onnx_path: str | os.PathLike[str]) -> dict[str, int]:
+    """{Conv node name: multiply-accumulates per image}, in graph order, from the FP32 model's
+    weight shapes and inferred output shapes ([1, C_out, H, W] x C_in/groups * kH * kW)."""
+    onnx = require("onnx")
+    model = onnx.shape_inference.infer_shapes(load_onnx(onnx_path))
+    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in (*model.graph.value_info, *model.graph.output)}
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    macs = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            _, c_out, height, width = shapes[node.output[0]]
+            _, in_per_group, kh, kw = weights[node.input[1]]  # [C_out, C_in / groups, kH, kW]
+            macs[node.name] = c_out * height * width * in_per_group * kh * kw
+    return macs
+
+
+def int8_mac_share(onnx_path: str | os.PathLike[str], exclude: Sequence[str]) -> float:
+    """The share of the convolutions' multiply-accumulates that run in INT8 when `exclude` stay float."""
+    macs = conv_macs(onnx_path)
+    return sum(v for name, v in macs.items() if name not in set(exclude)) / sum(macs.values())
 
 
 def activation_quantization(model: Any) -> dict[str, dict[str, float]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rtk import data
+from rtk import data, stats
 from rtk.errors import RtkError
 from rtk.fileio import write_text_atomic
 from rtk.log import Log
@@ -55,7 +55,7 @@ def validate_into(model_path: Path, out: Path, reference: Path, precision: str,
     report["model"], report["reference"] = out.name, reference.name
     limit = MAX_ACCURACY_DROP[precision] if max_drop is None else max_drop
     log(f"{out.name}: test accuracy {report['accuracy_pct']:.2f}% (FP32 "
-        f"{report['reference_accuracy_pct']:.2f}%, {report['delta_pct']:+.2f} points), top-1 "
+        f"{report['reference_accuracy_pct']:.2f}%, {stats.Paired(**report['evidence']).summary()}), top-1 "
         f"agreement {report['top1_agreement_pct']:.2f}% on {report['test_images']} images")
     report["max_drop_pct"] = limit
     if report["delta_pct"] < -limit:
@@ -79,11 +79,19 @@ def validate(model_path: str | os.PathLike[str], reference_path: str | os.PathLi
         "reference_accuracy_pct": round(reference_accuracy, 4),
         "delta_pct": round(accuracy - reference_accuracy, 4),
         "top1_agreement_pct": round(100.0 * float(np.mean(predictions[0] == predictions[1])), 4),
+        # the images behind delta_pct: fixed / broken against FP32, 95% interval, exact McNemar p
+        "evidence": stats.paired(correct[0], correct[1]).as_dict(),
         "runtime": f"onnxruntime {onnxruntime_version()} CPUExecutionProvider",
     }
 
 
 def _predict(model_path: str | os.PathLike[str], images: np.ndarray) -> np.ndarray:
-    """Top-1 class per image through rtk.runtime.Model (onnxruntime, CPU), EVAL_BATCH images per call."""
+    """Top-1 class per image."""
+    return logits(model_path, images).argmax(axis=1)
+
+
+def logits(model_path: str | os.PathLike[str], images: np.ndarray) -> np.ndarray:
+    """float32 [N, 10] for uint8 images [N, 32, 32, 3] through rtk.runtime.Model (onnxruntime, CPU),
+    EVAL_BATCH images per call."""
     with open_model(OnnxRuntimeRunner(os.fspath(model_path), device="cpu")) as model:
-        return model.predict(images, batch_sizes=(EVAL_BATCH,)).classes
+        return model.logits(images, batch_sizes=(EVAL_BATCH,))

@@ -115,8 +115,9 @@ class OnnxRuntimeRunner(Runner):
         del self._session
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: feed[INPUT_NAME]})
-        return {OUTPUT_NAME: logits}
+        """Every output of the graph: the logits, and for rtk.compare's copies the tensors it added."""
+        names = [output.name for output in self._session.get_outputs()]
+        return dict(zip(names, self._session.run(names, {INPUT_NAME: feed[INPUT_NAME]})))
 
     def device_work(self, batch_size: int) -> DeviceWork | None:
         """One run on a zero batch bound on the GPU (io-binding), on `compute_stream`; None on the CPU

@@ -20,7 +20,7 @@ import numpy as np
 from rtk.errors import RtkError, require
 from rtk.names import with_article
 from rtk.onnx_meta import decode_metadata
-from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, Runner
+from rtk.runtime.base import INPUT_NAME, Runner
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}  # rtk precision of an FP32 file -> OpenVINO hint
 
@@ -81,5 +81,7 @@ class OpenVinoRunner(Runner):
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
         result = request.infer({INPUT_NAME: feed[INPUT_NAME]})
-        # The result views the request's own output buffer, which the next call overwrites.
-        return {OUTPUT_NAME: np.array(result[OUTPUT_NAME], dtype=np.float32, copy=True)}
+        # Every output (the logits; rtk.compare's copies add tensors). The result views the
+        # request's own output buffers, which the next call overwrites.
+        return {output.get_any_name(): np.array(result[output], dtype=np.float32, copy=True)
+                for output in self._compiled.outputs}
