@@ -17,14 +17,18 @@ from rtk.cli import main
 from rtk.errors import RtkError
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, cifar_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("compare")
+def int8_run(root: Path, cifar_dir: Path) -> dict[str, Path]:
+    """An untrained ResNet-8 in `root`: checkpoint, FP32 ONNX and its TensorRT-flavour QDQ (64 images)."""
     checkpoint, _ = make_checkpoint(root / "checkpoint.pt", depth=8)
     fp32 = export.export_onnx(checkpoint, root / "model.onnx", verify=False, log=lambda _: None)
     int8 = quantize.quantize_int8(fp32, root / "model.int8.tensorrt.onnx", target="tensorrt", num_images=64,
                                   verify=False, calib_dir=root / "calib", data_dir=cifar_dir, log=lambda _: None)
-    return {"fp32": fp32, "int8": int8}
+    return {"root": root, "checkpoint": checkpoint, "fp32": fp32, "int8": int8}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, cifar_dir) -> dict[str, Path]:
+    return int8_run(tmp_path_factory.mktemp("compare"), cifar_dir)
 
 
 def test_fp32_against_int8_matches_tensors_across_the_qdq_rewrite(models, cifar_dir):

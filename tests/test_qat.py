@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from test_export import make_checkpoint
+from test_compare import int8_run
 
-from rtk import checkpoint, data, export, qat, quantize
+from rtk import checkpoint, data, qat, quantize
 from rtk.cli import main
 from rtk.onnx_meta import decode_metadata
 from rtk.preprocess import normalize_uint8_nhwc
@@ -24,12 +24,7 @@ from rtk.quantize.qdq import activation_quantization
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cifar_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("qat")
-    ckpt, _ = make_checkpoint(root / "checkpoint.pt", depth=8)
-    fp32 = export.export_onnx(ckpt, root / "model.onnx", verify=False, log=lambda _: None)
-    int8 = quantize.quantize_int8(fp32, root / "model.int8.tensorrt.onnx", target="tensorrt", num_images=64,
-                                  verify=False, calib_dir=root / "calib", data_dir=cifar_dir, log=lambda _: None)
-    return {"root": root, "checkpoint": ckpt, "fp32": fp32, "int8": int8}
+    return int8_run(tmp_path_factory.mktemp("qat"), cifar_dir)
 
 
 def test_fake_quantized_torch_model_computes_what_onnxruntime_computes_on_the_qdq_file(run, cifar10):
