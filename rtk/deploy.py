@@ -8,8 +8,9 @@
     <repo>/<model>/README.md       how a client must preprocess, with the artifact's own numbers
     <repo>/<model>/1/model.onnx    or 1/model.plan: the served file (version 1)
 
-The model folder is written into a temporary folder and renamed into place (rtk.fileio.atomic_dir),
-so a Triton server polling the repository never loads half a model. Triton runs the network only:
+Each file is written to a temporary name and renamed into place (rtk.fileio.atomic_path), the model
+file first and config.pbtxt last, so a Triton server polling the repository never loads half a file.
+A re-run replaces only these files: other versions (2/, 3/, ...) and files a user added stay. Triton runs the network only:
 clients send normalized float32 NCHW, exactly what rtk.preprocess.normalize_uint8_nhwc returns.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from rtk import __version__
 from rtk.errors import RtkError
-from rtk.fileio import atomic_dir, sha256_file
+from rtk.fileio import atomic_path, sha256_file, write_text_atomic
 from rtk.log import info
 from rtk.names import with_article
 from rtk.preprocess import IMAGE_SHAPE
@@ -335,14 +336,19 @@ def export_triton(source: Path, repo: Path, *, model_name: str | None = None, pr
     batching = _batching(model, max_batch, preferred_batch, max_queue_delay_us)
 
     folder = Path(repo) / name
-    with atomic_dir(folder) as tmp:
-        (tmp / MODEL_VERSION).mkdir()
-        _copy_model_file(model, tmp / MODEL_VERSION / MODEL_FILES[model.backend])
-        config = triton_config(model, name, batching, instances=instances, kind=kind,
-                               source_sha256=sha256_file(model.source))
-        (tmp / "config.pbtxt").write_text(config)
-        (tmp / LABELS_FILE).write_text("".join(f"{c}\n" for c in model.metadata["classes"]))
-        (tmp / "README.md").write_text(_readme(model, name, batching, instances, kind))
+    if folder.exists() and not folder.is_dir():
+        raise RtkError(f"cannot write the Triton model {folder}: a file is in the way")
+    # Only rtk's own files are replaced, each atomically: other versions (2/, 3/, ...) and files a
+    # user added stay. Every text is made before anything is written, and the model file goes first,
+    # config.pbtxt (which makes Triton load it) last.
+    texts = {LABELS_FILE: "".join(f"{c}\n" for c in model.metadata["classes"]),
+             "README.md": _readme(model, name, batching, instances, kind),
+             "config.pbtxt": triton_config(model, name, batching, instances=instances, kind=kind,
+                                           source_sha256=sha256_file(model.source))}
+    with atomic_path(folder / MODEL_VERSION / MODEL_FILES[model.backend]) as tmp:
+        _copy_model_file(model, tmp)
+    for file_name, text in texts.items():
+        write_text_atomic(folder / file_name, text)
     log(f"wrote Triton model {name!r} ({PLATFORMS[model.backend]}, max batch {batching.max_batch}, "
         f"{instances} x {INSTANCE_KINDS[kind]}) from {source} into {folder}")
     return folder

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import hashlib
 import importlib.metadata
 import os
 import platform
-import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,65 +19,115 @@ from typing import Any
 from rtk import __version__
 from rtk.errors import RtkError
 
+# Temporaries are named ".<target name>.<random>.tmp" beside their target (the rename onto the target
+# must stay on one file system). The writer holds an exclusive flock on each while it lives: the
+# kernel drops the lock when the process dies, even by SIGKILL, so the next write to the same target
+# removes a temporary nobody holds (a concurrent writer's stays).
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux: /proc/self/status), else by os.umask."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(target: Path) -> int:
+    """The mode a plain open() would leave at `target`: an existing file keeps its own, a new one
+    gets 0666 less the umask (mkstemp makes 0600, which the rename would keep)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _write_error(target: Path, exc: OSError) -> RtkError:
+    return RtkError(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive flock on `fd` (released when it is closed, or when the process dies).
+    False when another process holds it, or where the file system has no locks (then nothing
+    is ever swept as stale)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _is_held(path: Path) -> bool:
+    """Whether a live process holds the lock of the temporary `path` (or it cannot be checked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        return not _lock(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries of `target` that an earlier, killed rtk process left beside it; returns them.
+
+    A temporary is stale when no process holds its lock (see TEMP_SUFFIX).
+    """
+    target = Path(target)
+    removed = []
+    try:
+        candidates = list(target.parent.glob(f".{glob.escape(target.name)}.*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        middle = path.name[len(target.name) + 2:-len(TEMP_SUFFIX)]
+        # ".model.onnx.json.X.tmp" is model.onnx.json's, not model.onnx's: mkstemp's X has no dot
+        if path.suffix != TEMP_SUFFIX or "." in middle or not path.is_file() or _is_held(path):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     A failure (an exception, Ctrl-C, a failed validation raised inside the block) removes the
-    temporary file, so no half-written artifact is ever left at `path`.
+    temporary file, so no half-written artifact is ever left at `path`. The file gets the mode a
+    plain open() would give it (see _final_mode); temporaries of killed earlier runs are swept. An
+    OSError while writing (a full or read-only disk) becomes one RtkError naming `path`.
     """
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        sweep_stale_temporaries(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     except OSError as exc:
-        raise RtkError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    os.close(fd)
+        raise _write_error(target, exc) from exc
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        _lock(fd)
         try:
+            yield tmp
+        except OSError as exc:  # ENOSPC, EROFS, EDQUOT, EFBIG, EIO from whatever wrote `tmp`
+            raise _write_error(target, exc) from exc
+        try:
+            os.chmod(tmp, _final_mode(target))
             os.replace(tmp, target)
         except OSError as exc:  # e.g. `path` is an existing directory
-            raise RtkError(f"cannot write {target}: {exc.strerror or exc}") from exc
+            raise _write_error(target, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; it becomes `path` only if the block succeeds.
-
-    An existing folder at `path` is renamed aside just before the swap and removed after it, so a
-    reader sees the old folder or the new one, never a mix; a failure keeps the old one and removes
-    the temporary folder.
-    """
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise RtkError(f"cannot write the folder {target}: a file is in the way")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as exc:
-        raise RtkError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    old = tmp.with_suffix(".old")
-    try:
-        yield tmp
-        try:
-            if target.exists():
-                os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if old.exists():
-                    os.replace(old, target)
-                raise
-        except OSError as exc:
-            raise RtkError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        os.close(fd)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

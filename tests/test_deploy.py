@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,31 @@ def test_a_failed_deploy_keeps_the_previous_model(exported_onnx: Path, tmp_path:
     assert deploy("--source", exported_onnx, "--repo", repo, "--max-batch", 32).exit_code != 0
     assert parse_config(repo / "resnet20_fp32_onnx").max_batch_size == 64
     assert sorted(p.name for p in repo.iterdir()) == ["resnet20_fp32_onnx"]
+
+
+def test_a_rerun_replaces_only_rtks_files(exported_onnx: Path, tmp_path: Path):
+    """A Triton model folder holds several versions and the user's own files: a re-run keeps them,
+    and every file and folder gets the mode plain open() / mkdir() give under the umask."""
+    repo = tmp_path / "repo"
+    old_umask = os.umask(0o022)
+    try:
+        assert deploy("--source", exported_onnx, "--repo", repo, "--max-batch", 64).exit_code == 0
+        folder = repo / "resnet20_fp32_onnx"
+        (folder / "2").mkdir()
+        (folder / "2" / "model.onnx").write_bytes(b"version 2")
+        (folder / "notes.txt").write_text("mine")
+        assert deploy("--source", exported_onnx, "--repo", repo, "--max-batch", 32).exit_code == 0
+    finally:
+        os.umask(old_umask)
+    assert parse_config(folder).max_batch_size == 32
+    assert (folder / "2" / "model.onnx").read_bytes() == b"version 2"
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert sha256_file(folder / "1" / "model.onnx") == sha256_file(exported_onnx)
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "2", "README.md", "config.pbtxt",
+                                                        "labels.txt", "notes.txt"]
+    modes = {p.relative_to(repo).as_posix(): oct(p.stat().st_mode & 0o777) for p in [repo, *repo.rglob("*")]}
+    assert modes["resnet20_fp32_onnx"] == modes["resnet20_fp32_onnx/1"] == oct(0o755), modes
+    assert modes["resnet20_fp32_onnx/config.pbtxt"] == modes["resnet20_fp32_onnx/1/model.onnx"] == oct(0o644)
 
 
 def _bad_source(case: str, exported_onnx: Path, tmp_path: Path) -> list[object]:
