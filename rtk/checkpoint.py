@@ -32,6 +32,7 @@ import torch
 from rtk.errors import RtkError
 from rtk.fileio import atomic_path, provenance
 from rtk.model import ResNet
+from rtk.names import depth_problem
 from rtk.preprocess import CLASSES, normalization_metadata
 
 FORMAT = "rtk.checkpoint/1"
@@ -117,28 +118,76 @@ def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") ->
     except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RtkError(f"{path} is not a readable {what} (corrupt or truncated?): {reason}") from exc
+    except OSError as exc:
+        raise RtkError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _check_fields(path: Path, ckpt: dict[str, Any]) -> None:
+    """Every field the readers use is there with its type, so a forged or damaged dict is refused
+    here in one line instead of failing later with a KeyError."""
+    problems = [f"{key} is missing or not {kind}" for key, kind, ok in (
+        ("model", "a dict", isinstance(ckpt.get("model"), dict)),
+        ("state_dict", "a dict of tensors", isinstance(ckpt.get("state_dict"), dict)
+         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["state_dict"].items())),
+        ("normalization", "a dict", isinstance(ckpt.get("normalization"), dict)),
+        ("classes", "a list of names", isinstance(ckpt.get("classes"), list)
+         and all(isinstance(c, str) for c in ckpt["classes"])),
+    ) if not ok]
+    for key in ("split", "recipe", "metrics", "provenance", "train_state"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            problems.append(f"{key} is not a dict")
+    if not problems:
+        spec = ckpt["model"]
+        depth, num_classes = spec.get("depth"), spec.get("num_classes")
+        if spec.get("arch") != ARCH:
+            problems.append(f"model.arch is {spec.get('arch')!r}, not {ARCH!r}")
+        if depth_problem(depth):
+            problems.append(f"model.{depth_problem(depth)}")
+        if not isinstance(num_classes, int) or num_classes != len(ckpt["classes"]):
+            problems.append(f"model.num_classes is {num_classes!r} for {len(ckpt['classes'])} class names")
+        if not {"mean", "std", "scale"} <= set(ckpt["normalization"]):
+            problems.append("normalization lacks mean, std or scale")
+    if "train_state" in ckpt and not problems:
+        state = ckpt["train_state"]
+        if not isinstance(state.get("step"), int) or not isinstance(state.get("optimizer"), dict):
+            problems.append("train_state lacks its step or optimizer state")
+    if problems:
+        raise RtkError(f"{path} is not a complete rtk checkpoint: {'; '.join(problems)}")
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint dict, checked for format; a clear RtkError for a missing or corrupt file."""
+    """The checkpoint dict, checked for format and fields; a clear RtkError for a missing, corrupt,
+    forged or incomplete file."""
     ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise RtkError(f"{path} is not an rtk checkpoint (format {found!r}, expected {FORMAT!r}); weights "
                        f"trained elsewhere can be imported: rtk import {path} --depth N")
+    _check_fields(path, ckpt)
     return ckpt
 
 
+def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity (a diverged run's weights)."""
+    return [name for name, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def build_model(ckpt: dict[str, Any]) -> ResNet:
-    """The network a checkpoint dict describes, weights loaded with strict=True, in eval mode."""
+    """The network a checkpoint dict describes, weights loaded with strict=True, in eval mode.
+    Weights with NaN or infinity are refused: nothing built from them predicts anything."""
     spec = ckpt["model"]
     if spec.get("arch") != ARCH:
         raise RtkError(f"unknown architecture {spec.get('arch')!r} in checkpoint")
+    bad = non_finite_tensors(ckpt["state_dict"])
+    if bad:
+        raise RtkError(f"the checkpoint's weights hold NaN or infinity in {len(bad)} tensors ({bad[0]}, ...): "
+                       "the training diverged; train again with a lower --lr")
     model = ResNet(spec["depth"], spec["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise RtkError(f"checkpoint weights do not fit ResNet-{spec['depth']}: {exc}") from exc
+        raise RtkError(f"checkpoint weights do not fit ResNet-{spec['depth']}: "
+                       + " ".join(line.strip() for line in str(exc).splitlines())) from exc
     return model.eval()
 
 

@@ -13,6 +13,7 @@ Only numpy is imported: stages that only read images (quantize, bench) do not pa
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -41,6 +42,8 @@ IMAGES_PER_BATCH = 10_000  # the official count; read at call time so tests can 
 NUM_CLASSES = len(CLASSES)
 PIXELS = 3 * 32 * 32  # one row of `data`: R plane, G plane, B plane
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation, not for the whole transfer
+# Errors of the local file system while the archive is written (a full disk, a quota, read-only).
+LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 DATA_HINT = ("get it with `rtk data download`, or point --data-dir / RTK_DATA_DIR at the "
              f"{FOLDER_NAME} folder, its parent, or cifar-10-python.tar.gz")
 
@@ -325,7 +328,11 @@ def _fetch(url: str, path: Path) -> str:
         raise RtkError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
         raise RtkError(f"cannot download {url}: {exc.reason}") from exc
-    except (OSError, ValueError, http.client.HTTPException) as exc:
+    except OSError as exc:
+        if exc.errno in LOCAL_WRITE_ERRNOS:  # the disk, not the network: say so
+            raise RtkError(f"cannot write {path}: {exc.strerror}") from exc
+        raise RtkError(f"cannot download {url}: {type(exc).__name__}: {exc}") from exc
+    except (ValueError, http.client.HTTPException) as exc:
         raise RtkError(f"cannot download {url}: {type(exc).__name__}: {exc}") from exc
     if total is not None and received != total:
         raise RtkError(f"download from {url} stopped after {received} of {total} bytes")

@@ -116,17 +116,24 @@ def describe_engine(path: Path) -> list[Section]:
     from rtk.engine_meta import read_sidecar
 
     info = read_sidecar(path, verify_engine=False)
-    return [_key_values("engine", {"file": str(path), "size": f"{path.stat().st_size:,} bytes", **info})]
+    sha = sha256_file(path)
+    check = ("yes" if sha == info.get("engine_sha256") else
+             f"NO: the engine's sha256 is {sha}; it was replaced or truncated after `rtk build`, "
+             "so nothing below describes it (rebuild it)")
+    return [_key_values("engine", {"file": str(path), "size": f"{path.stat().st_size:,} bytes",
+                                   "matches its sidecar": check, **info})]
 
 
 def describe_checkpoint(path: Path) -> list[Section]:
-    from rtk.checkpoint import read
+    from rtk.checkpoint import non_finite_tensors, read
 
     ckpt = read(path)
     params = sum(t.numel() for name, t in ckpt["state_dict"].items()
                  if not name.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    bad = non_finite_tensors(ckpt["state_dict"])
     summary = {"file": str(path), "sha256": sha256_file(path), "format": ckpt["format"],
                **ckpt["model"], "parameters": f"{params:,}",
+               "weights finite": f"NO: NaN or infinity in {len(bad)} tensors (a diverged run)" if bad else "yes",
                "resumable": "yes (has train_state)" if "train_state" in ckpt else "no"}
     return [_key_values("checkpoint", summary)] + [
         _key_values(name, ckpt[name]) for name in ("metrics", "split", "recipe", "provenance")

@@ -10,17 +10,20 @@ import importlib
 import re
 from types import ModuleType
 
+EXIT_ERROR = 1  # the command ran and failed: bad or damaged input, a failed check, a write that failed
+EXIT_CANNOT_RUN = 2  # it cannot run as asked: a usage error (click's own code) or a missing package or device
+
 
 class RtkError(Exception):
     """A problem with the user's input or environment, reported as one clear line."""
 
-    exit_code = 1
+    exit_code = EXIT_ERROR
 
 
 class MissingDependency(RtkError):
     """An optional package (or a device) that the asked-for work needs is not there."""
 
-    exit_code = 2
+    exit_code = EXIT_CANNOT_RUN
 
 
 # Which extra of pyproject.toml brings each optional top-level module. "gpu" stands for the two

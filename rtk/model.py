@@ -25,17 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtk.errors import RtkError
+from rtk.names import depth_problem
 
 STAGE_WIDTHS = (16, 32, 64)
 NUM_CLASSES = 10
 
 
 def blocks_per_stage(depth: int) -> int:
-    """n for depth = 6n + 2; a clear error for any other depth."""
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise RtkError(
-            f"depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, 1202, ...), got {depth!r}"
-        )
+    """n for depth = 6n + 2; a clear error for any other depth, or one beyond rtk.names.MAX_DEPTH."""
+    problem = depth_problem(depth)
+    if problem:
+        raise RtkError(problem)
     return (depth - 2) // 6
 
 

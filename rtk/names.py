@@ -27,3 +27,19 @@ def default_calib_dir() -> Path:
 def with_article(word: str) -> str:
     """'an int8', 'an fp16', 'a bf16': the article as the word is read aloud (letters by name)."""
     return f"{'an' if word[:1].lower() in 'aefhilmnorsx' else 'a'} {word}"
+
+# The deepest ResNet rtk builds: n = 1000 blocks per stage, 97M parameters (0.39 GB of FP32 weights,
+# 8 s to construct on the 2-core CPU). Training it at batch 128 would hold ~30 GB of activations;
+# the paper's deepest, ResNet-1202 (n = 200), is well inside. A depth like 600002 would otherwise
+# build for minutes and end in a MemoryError.
+MAX_DEPTH = 6002
+
+
+def depth_problem(depth: object) -> str | None:
+    """Why `depth` is not a CIFAR ResNet depth rtk builds (6n+2, 8..MAX_DEPTH); None when it is."""
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
+        return f"depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, 1202, ...), got {depth!r}"
+    if depth > MAX_DEPTH:
+        return (f"depth {depth} is beyond rtk's bound of {MAX_DEPTH} (n = {(MAX_DEPTH - 2) // 6} blocks per stage, "
+                f"97M parameters): deeper nets do not fit in memory to train, and take minutes just to build")
+    return None

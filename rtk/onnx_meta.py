@@ -103,11 +103,17 @@ def load_onnx(path: str | os.PathLike[str], *, load_weights: bool = True) -> Any
     from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # onnx needs protobuf
 
     try:
-        return onnx.load(os.fspath(path), load_external_data=load_weights)
+        model = onnx.load(os.fspath(path), load_external_data=load_weights)
     except FileNotFoundError as exc:
         raise RtkError(f"ONNX file not found: {path}") from exc
     except (OSError, DecodeError) as exc:
         raise RtkError(f"{path} is not a readable ONNX file: {exc}") from exc
+    # Protobuf parses an empty file (and some short junk) as an empty message: no IR version,
+    # no opset, no graph. That is no model, whatever the parser says.
+    if not model.ir_version or not model.opset_import or not model.graph.node:
+        raise RtkError(f"{path} is not an ONNX model: it has no IR version, opset or graph nodes "
+                       f"({os.path.getsize(path):,} bytes; empty or truncated?)")
+    return model
 
 
 def read_metadata(onnx_path: str | os.PathLike[str]) -> dict[str, Any]:

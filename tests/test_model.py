@@ -72,3 +72,13 @@ def test_arch_rejects_a_bad_depth():
     result = CliRunner().invoke(main, ["arch", "--depth", "21"])
     assert result.exit_code == 2
     assert "6n+2" in result.output and "Traceback" not in result.output
+
+
+def test_a_depth_beyond_the_bound_is_refused_at_once():
+    """ResNet-600002 would build for minutes and end in a MemoryError; it is refused before anything
+    is built, by the CLI (a usage error) and by the model itself."""
+    result = CliRunner().invoke(main, ["arch", "--depth", "600002"])
+    assert result.exit_code == 2 and "beyond rtk's bound of 6002" in result.output
+    with pytest.raises(RtkError, match="beyond rtk's bound"):
+        ResNet(600002)
+    assert blocks_per_stage(6002) == 1000

@@ -7,6 +7,7 @@ import contextlib
 import subprocess
 import sys
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,7 @@ class FakeRunner(Runner):
     def _activate(self) -> None:
         return None
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feed[INPUT_NAME]
         if self._max_batch is not None:
             assert len(x) <= self._max_batch
@@ -244,6 +245,58 @@ def test_bad_input_reaches_the_user_as_the_documented_error(artifacts):
         model.predict(images(2).transpose(0, 3, 1, 2).astype(np.float32))
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_backend_failures_and_a_closed_model_are_rtk_errors(artifacts, backend):
+    """What the docstring promises: RtkError, never onnxruntime's InvalidArgument, OpenVINO's or
+    torch's RuntimeError, or an AttributeError after close()."""
+    path = artifacts["checkpoint" if backend == "torch" else "fp32"]
+    model = rtk.runtime.load(path, backend=backend, threads=1)
+    wrong = np.zeros((2, 4, 32, 32), np.float32)  # 4 channels: past Model's checks, straight to the backend
+    with pytest.raises(RtkError, match=f"{backend} cannot run"):
+        model.runner.infer({INPUT_NAME: wrong})
+    model.close()
+    with pytest.raises(RtkError, match="is closed"):
+        model.predict(images(2))
+    model.close()  # twice is harmless
+
+
+def test_a_path_that_is_not_a_path_is_an_rtk_error():
+    for bad in (None, 3, ["model.onnx"]):
+        with pytest.raises(RtkError, match="must be a str or os.PathLike"):
+            rtk.runtime.load(bad)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def fixed_batch_onnx(artifacts, tmp_path_factory):
+    from rtk.export import export_onnx
+
+    out = tmp_path_factory.mktemp("fixed") / "model.b4.onnx"
+    return export_onnx(artifacts["checkpoint"], out, batch_size=4, verify=False, log=lambda message: None)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_fixed_batch_model_takes_any_batch(artifacts, fixed_batch_onnx, backend):
+    """Batches are split into and padded up to the model's own batch of 4: 1, 4, 10 images."""
+    dynamic = rtk.runtime.load(artifacts["fp32"], backend="onnxruntime", threads=1)
+    fixed = rtk.runtime.load(fixed_batch_onnx, backend=backend, threads=1)
+    assert fixed.runner.fixed_batch == 4 and dynamic.runner.fixed_batch is None
+    for n in (1, 4, 10):
+        x = images(n, seed=n)
+        np.testing.assert_allclose(fixed.logits(x), dynamic.logits(x), atol=1e-4, rtol=1e-4)
+
+
+def test_pixels_scaled_to_0_1_but_not_normalized_warn_once():
+    model = Model(FakeRunner())
+    scaled = images(4).transpose(0, 3, 1, 2).astype(np.float32) / 255  # [0, 1], mean/std never applied
+    with pytest.warns(RuntimeWarning, match=r"looks like pixels divided by 255 but not normalized"):
+        model.predict(scaled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(scaled)  # once per model
+        Model(FakeRunner()).predict(normalize_uint8_nhwc(images(4)))  # normalized input: no warning
+        Model(FakeRunner()).predict(images(4))  # uint8: normalized by the model
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_eight_threads_get_the_single_threaded_answers(artifacts, backend):
     model = rtk.runtime.load(artifacts["int8"], backend=backend, threads=1)
@@ -372,7 +425,7 @@ class FakeContext:
     def execute_async_v3(self, stream: int) -> bool:
         n = self.shape[0]
         x = self.cuda.memory[self.addresses[INPUT_NAME]][:n * 3 * 32 * 32].reshape(n, 3, 32, 32)
-        logits = FakeRunner().infer({INPUT_NAME: x})[OUTPUT_NAME]
+        logits = FakeRunner()._infer({INPUT_NAME: x})[OUTPUT_NAME]
         self.cuda.memory[self.addresses[OUTPUT_NAME]][:logits.size] = logits.ravel()
         return True
 

@@ -6,27 +6,76 @@ needs neither torch nor onnx. Every RtkError becomes one line on stderr and its 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Any
 
 import click
 
 from rtk import __version__
-from rtk.errors import RtkError
+from rtk.errors import EXIT_CANNOT_RUN, EXIT_ERROR, RtkError
+from rtk.signals import Terminated, sigterm_raises
+
+# The exit codes (README, "What rtk promises"): 0 done; EXIT_ERROR (1) an RtkError, or an OSError of
+# the environment, or (silently) a closed stdout pipe; EXIT_CANNOT_RUN (2) a usage error or a missing
+# optional package or device; 128 + N stopped by signal N, as a shell reports it.
+assert click.UsageError.exit_code == EXIT_CANNOT_RUN
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (click's CliRunner): nothing flushes it at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 class RtkGroup(click.Group):
-    """Turns user errors into one clear line and a non-zero exit, never a traceback."""
+    """Turns user errors into one clear line and a non-zero exit, never a traceback.
+
+    OSError is the environment's (a full or read-only disk, a permission, a closed pipe), never
+    rtk's bug, so it gets one line too.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_raises():
+                result = super().invoke(ctx)
+                self._flush_stdout()
+            return result
+        except BrokenPipeError:  # the reader of stdout went away (`| head`): nobody to tell
+            _silence_stdout()
+            sys.exit(EXIT_ERROR)  # as click and rich end on a closed pipe
         except RtkError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Terminated:
+            click.echo("terminated (SIGTERM)", err=True)
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(EXIT_ERROR)
+
+    @staticmethod
+    def _flush_stdout() -> None:
+        """Results are block-buffered off a terminal: a full device (ENOSPC) shows at this flush."""
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            _silence_stdout()
+            raise RtkError(f"cannot write the results to stdout: {exc.strerror or exc}") from exc
 
 
 @click.group(cls=RtkGroup, context_settings={"auto_envvar_prefix": "RTK",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from rtk.names import depth_problem
 from rtk.pipeline import default_runs_dir
 
 
 def _check_depth(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and (value < 8 or (value - 2) % 6):
-        raise click.BadParameter(f"must be 6n+2 (20, 32, 44, 56, 110, 1202, ...), got {value}")
+    problem = depth_problem(value) if value is not None else None
+    if problem:
+        raise click.BadParameter(problem)
     return value
 
 

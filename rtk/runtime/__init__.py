@@ -58,6 +58,8 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
                 threads: int | None = None, device: str = "cpu") -> Runner:
     """The (inactive) runner for `path`: .plan -> TensorRT, .onnx -> OpenVINO/onnxruntime, .pt -> torch
     (arguments as for load)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise RtkError(f"a model path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     if backend not in BACKENDS:
         raise RtkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

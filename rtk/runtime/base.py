@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rtk.errors import RtkError
+
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
 
 INPUT_NAME = "input"  # float32 [N, 3, 32, 32], normalized
 OUTPUT_NAME = "logits"  # float32 [N, 10]
 DEVICES = ("cpu", "cuda")  # where a runner can run inference
+MAX_REASON_CHARS = 400  # of a backend's own message, in the RtkError that reports it
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class DeviceWork:
 
 class Runner(ABC):
     backend: str = ""  # "torch", "onnxruntime", "openvino", "tensorrt"
+    # What the backend raises when it cannot load or run a model (set by each runner, some once
+    # their module is imported); activate() and infer() turn these into one RtkError.
+    backend_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, path: str, precision: str = "fp32"):
         self.path = str(path)
@@ -62,6 +68,11 @@ class Runner(ABC):
         """Largest batch one infer() call accepts (a TensorRT profile's max); None: no limit."""
         return None
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The only batch size infer() accepts, for a model exported with a fixed batch; else None."""
+        return None
+
     def device_work(self, batch_size: int) -> DeviceWork | None:
         """Compute-only work for a batch of `batch_size` on a CUDA device; None for CPU runners."""
         return None
@@ -71,8 +82,22 @@ class Runner(ABC):
         """The artifact's rtk metadata: depth, normalization, classes, ... (decoded JSON values)."""
         return {}
 
+    def _backend_failure(self, doing: str, exc: BaseException) -> RtkError:
+        # One line: OpenVINO puts the reason on the third line of its message, after source locations.
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        return RtkError(f"{self.backend} cannot {doing} {self.path}: {text[:MAX_REASON_CHARS]}")
+
+    def require_active(self) -> None:
+        if not self.is_active:
+            raise RtkError(f"the {self.name} runner of {self.path} is closed (or was never activated)")
+
     def activate(self) -> None:
-        self._activate()
+        try:
+            self._activate()
+        except RtkError:
+            raise
+        except self.backend_errors as exc:
+            raise self._backend_failure("load", exc) from exc
         self.is_active = True
 
     def deactivate(self) -> None:
@@ -93,5 +118,22 @@ class Runner(ABC):
     def _deactivate(self) -> None:
         return None
 
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{"logits": float32 [N, 10]} for {"input": float32 [N, 3, 32, 32]}; RtkError when the
+        runner is not active (closed) or the backend fails."""
+        self.require_active()
+        try:
+            result = self._infer(feed)
+        except RtkError:
+            raise
+        except self.backend_errors as exc:
+            raise self._backend_failure("run", exc) from exc
+        # OpenVINO was seen to return an empty result for input of the wrong shape instead of failing.
+        batch, logits = len(feed[INPUT_NAME]), result[OUTPUT_NAME]
+        if logits.ndim != 2 or len(logits) != batch:
+            raise RtkError(f"{self.backend} cannot run {self.path}: it returned logits of shape "
+                           f"{list(logits.shape)} for a batch of {batch}")
+        return result
+
     @abstractmethod
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,22 @@ def batch_slices(num_images: int, sizes: Sequence[int]) -> list[slice]:
     return parts
 
 
+UNNORMALIZED_WARNING = (
+    "float32 input lies wholly in [0, 1]: it looks like pixels divided by 255 but not normalized "
+    "with the model's mean/std, which gives confident wrong answers; pass uint8 [N, 32, 32, 3] pixels, "
+    "or normalize as model.normalization says (this warning is shown once per model)")
+
+
+def looks_unnormalized(x: np.ndarray) -> bool:
+    """Whether float input has the value statistics of pixels scaled to [0, 1] and not normalized.
+
+    Normalized CIFAR-10 pixels have mean 0 and std 1 per channel, so about half of them are
+    negative: an image with none below 0 and none above 1 would need every pixel between its
+    channel's mean and mean + 1 std (a flat, mid-grey picture). Scaled-only pixels always pass.
+    """
+    return bool(x.size) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
 def _check_not_empty(x: np.ndarray) -> None:
     if x.shape[0] == 0:
         raise RtkError("no images: the batch is empty")
@@ -120,10 +137,20 @@ class Model:
       - channels: RGBA [N, 32, 32, 4] or grayscale [N, 32, 32, 1];
       - dtype: anything but uint8 or float32 (float64 too: convert with .astype(np.float32));
       - value range: float32 input outside the normalized range by more than 1.0 (raw 0..255
-        pixels passed as floats), NaN or infinity.
+        pixels passed as floats), NaN or infinity;
+      - a closed model (after close()), and the backend's own failures.
+    A RuntimeWarning (once per model) for float32 input that lies wholly in [0, 1]: pixels scaled
+    by 1/255 but never normalized (see looks_unnormalized).
+    Models exported with a fixed batch get any batch size: split into, and padded to, their batch.
+
+    What cannot be told from the values: BGR instead of RGB channel order (both are plausible
+    images), and float input normalized with other statistics than the model's. Pass RGB, and
+    uint8 pixels when unsure: the model then normalizes them itself.
     """
 
     def __init__(self, runner: Runner):
+        if not runner.is_active:
+            runner.activate()
         self.runner = runner
         self.metadata: dict[str, Any] = runner.metadata
         missing = [key for key in ("normalization", "classes") if key not in self.metadata]
@@ -131,6 +158,7 @@ class Model:
             raise RtkError(f"{runner.path} carries no rtk metadata ({', '.join(missing)} missing): "
                            "export it with `rtk export` or pass an rtk artifact")
         self.classes: tuple[str, ...] = tuple(self.metadata["classes"])
+        self._warned_unnormalized = False
         self.normalization: dict[str, Any] = self.metadata["normalization"]
 
     @property
@@ -152,11 +180,20 @@ class Model:
         repeated until done (see batch_slices), each capped at the backend's limit; () sends them all
         at once (or in batches of the limit). pad: the last batch is filled up to its full size with
         copies of its own images (their logits dropped), so every call has one shape: CUDA graphs
-        and torch.compile then reuse what they captured, a fixed-batch file accepts the input.
+        and torch.compile then reuse what they captured. A fixed-batch model always gets batches of
+        its own size, padded.
         """
+        self.runner.require_active()
+        float_input = np.asarray(images).dtype == np.float32
         x = network_input(images, self.normalization)
-        limit = self.runner.max_batch
-        sizes = [min(size, limit or size) for size in batch_sizes] or [limit or len(x)]
+        if float_input and not self._warned_unnormalized and looks_unnormalized(x):
+            self._warned_unnormalized = True
+            warnings.warn(UNNORMALIZED_WARNING, RuntimeWarning, stacklevel=2)
+        limit, fixed = self.runner.max_batch, self.runner.fixed_batch
+        if fixed:
+            sizes, pad = [fixed], True
+        else:
+            sizes = [min(size, limit or size) for size in batch_sizes] or [limit or len(x)]
         chunks = []
         for part in batch_slices(len(x), sizes):
             feed = x[part]

@@ -45,6 +45,12 @@ def cuda_provider_available() -> bool:
     return installed("onnxruntime") and CUDA_PROVIDER in require("onnxruntime").get_available_providers()
 
 
+def backend_errors(ort: Any) -> tuple[type[BaseException], ...]:
+    """onnxruntime's own exception types (Fail, InvalidArgument, ...: they derive from Exception only)."""
+    errors = ort.capi.onnxruntime_pybind11_state
+    return tuple(v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
 class OnnxRuntimeRunner(Runner):
     """InferenceSession.run is thread-safe, so one session serves every thread."""
 
@@ -94,12 +100,8 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads or 0  # 0: one per physical core
-        errors = ort.capi.onnxruntime_pybind11_state  # its exceptions derive from Exception only
-        try:
-            self._session = ort.InferenceSession(self.path, options, providers=self._providers(ort))
-        except (errors.Fail, errors.InvalidProtobuf, errors.InvalidGraph, errors.NoSuchFile,
-                errors.NotImplemented, errors.InvalidArgument) as exc:
-            raise RtkError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0]}") from exc
+        self.backend_errors = backend_errors(ort)  # activate() turns them into one RtkError
+        self._session = ort.InferenceSession(self.path, options, providers=self._providers(ort))
         if self._device == "cuda" and CUDA_PROVIDER not in self._session.get_providers():
             del self._session
             raise MissingDependency(f"onnxruntime could not start {CUDA_PROVIDER} for {self.path} and fell "
@@ -111,10 +113,15 @@ class OnnxRuntimeRunner(Runner):
             raise RtkError(f"{self.path} is {with_article(self.precision)} model; onnxruntime runs it as it is, "
                            f"not as {self.requested_precision}")
 
+    @property
+    def fixed_batch(self) -> int | None:
+        size = self._session.get_inputs()[0].shape[0]  # an int, or the dynamic axis's name
+        return size if isinstance(size, int) else None
+
     def _deactivate(self) -> None:
         del self._session
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output of the graph: the logits, and for rtk.compare's copies the tensors it added."""
         names = [output.name for output in self._session.get_outputs()]
         return dict(zip(names, self._session.run(names, {INPUT_NAME: feed[INPUT_NAME]})))

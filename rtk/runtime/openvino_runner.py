@@ -43,11 +43,11 @@ class OpenVinoRunner(Runner):
 
     def _activate(self) -> None:
         ov = require("openvino")
+        native = ov._pyopenvino  # GeneralFailure, OpConversionFailure, ...: Exception subclasses
+        self.backend_errors = (RuntimeError, *(v for v in vars(native).values()
+                                               if isinstance(v, type) and issubclass(v, Exception)))
         core = ov.Core()
-        try:
-            model = core.read_model(self.path)
-        except RuntimeError as exc:
-            raise RtkError(f"OpenVINO cannot read {self.path}: {str(exc).splitlines()[0]}") from exc
+        model = core.read_model(self.path)
         # The ONNX frontend keeps the file's metadata_props under rt_info["framework"].
         framework = model.get_rt_info(["framework"]).astype(dict) if model.has_rt_info(["framework"]) else {}
         self._metadata = decode_metadata({key: value.astype(str) for key, value in framework.items()})
@@ -72,11 +72,16 @@ class OpenVinoRunner(Runner):
                            "with precision bf16 instead")
         raise RtkError(f"{self.path} is {with_article(file_precision)} model; OpenVINO cannot run it as {asked}")
 
+    @property
+    def fixed_batch(self) -> int | None:
+        size = self._compiled.input(0).get_partial_shape()[0]
+        return size.get_length() if size.is_static else None
+
     def _deactivate(self) -> None:
         del self._compiled
         self._local = threading.local()
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()

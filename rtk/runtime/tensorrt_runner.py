@@ -289,7 +289,7 @@ class TensorRTRunner(Runner):
         if not state.context.execute_async_v3(state.stream):
             raise RtkError(f"TensorRT execute_async_v3 failed for {self.path} (see the TensorRT log)")
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feed[INPUT_NAME]  # [N, 3, 32, 32]
         state = self._state()
         self._set_batch(state, len(x))

@@ -23,6 +23,7 @@ GRAPH_WARMUP_CALLS = 3  # forward passes on a side stream before capture, as tor
 
 class TorchRunner(Runner):
     backend = "torch"
+    backend_errors = (RuntimeError,)  # torch's errors (out of memory, CUDA faults) are RuntimeErrors
 
     def __init__(self, path: str, *, device: str = "cpu", precision: str = "fp32",
                  channels_last: bool = False, mode: str = "eager", threads: int | None = None):
@@ -96,7 +97,7 @@ class TorchRunner(Runner):
             self._graphs[batch_size] = (graph, static_in, static_out)
         return self._graphs[batch_size]
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feed[INPUT_NAME]
         if self.mode == "cuda_graph":
             with self._lock:  # one set of static buffers per batch size: one caller at a time
