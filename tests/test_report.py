@@ -85,6 +85,19 @@ def test_missed_targets_are_reported_as_missed():
     assert md.count("MISSED") == 3
 
 
+def test_speed_targets_of_a_busy_run_are_unreliable_never_met():
+    """The same figures that meet every target on an idle machine (test above), from a run flagged busy."""
+    res = cpu_result()
+    res["environment"]["busy"] = True
+    targets = report.evaluate_targets(res)
+    speed = [t for t in targets if "accuracy" not in t["target"]]
+    assert len(speed) == 5 and all(t["status"] == "unreliable" and t["met"] is False for t in speed)
+    assert all(t["met"] for t in targets if "accuracy" in t["target"])  # accuracy does not depend on load
+    md = report.markdown(report.with_targets(res))
+    accuracy_targets = len(targets) - len(speed)
+    assert md.count("UNRELIABLE") == 5 and md.count("| met |") == accuracy_targets, md
+
+
 def test_targets_only_where_rows_exist():
     res = result([row("torch eager fp32", "torch", "fp32", {1: 2.0, 256: 128.0}, baseline=True),
                   row("onnxruntime fp32", "onnxruntime", "fp32", {1: 0.5, 256: 64.0})])
