@@ -58,7 +58,7 @@ from rtk.errors import RtkError, require
 from rtk.fileio import atomic_path, provenance, sha256_file, write_text_atomic
 from rtk.log import Log, info
 from rtk.names import with_article
-from rtk.onnx_meta import read_metadata
+from rtk.onnx_meta import check_finite_weights, load_onnx, read_metadata
 from rtk.preprocess import IMAGE_SHAPE
 from rtk.runtime.base import INPUT_NAME
 
@@ -333,6 +333,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     if metadata.get("precision") != precision:
         raise RtkError(f"{onnx_path} is {with_article(str(metadata.get('precision')))} model, not {precision}: strongly typed "
                        f"engines take their precision from the ONNX (use `rtk quantize` to make it)")
+    check_finite_weights(load_onnx(onnx_path), onnx_path)
     tensorrt_version, gpu = builder_environment()
     import tensorrt as trt
 

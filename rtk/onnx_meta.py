@@ -120,3 +120,24 @@ def read_metadata(onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The decoded rtk metadata of an ONNX file (weights stored outside the file are not read)."""
     model = load_onnx(onnx_path, load_weights=False)
     return decode_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def non_finite_initializers(model: Any) -> list[str]:
+    """Names of the float initializers (weights) of an onnx.ModelProto holding NaN or infinity."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    bad = []
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            bad.append(tensor.name)
+    return bad
+
+
+def check_finite_weights(model: Any, path: str | os.PathLike[str]) -> None:
+    """RtkError when the model's weights hold NaN or infinity: every output would be meaningless."""
+    bad = non_finite_initializers(model)
+    if bad:
+        raise RtkError(f"{path} holds NaN or infinity in {len(bad)} weight tensors ({bad[0]}, ...): it was made "
+                       "from a diverged training; train again with a lower --lr")

@@ -202,6 +202,34 @@ def test_info_on_an_engine_whose_sidecar_does_not_match(artifacts: dict[str, Pat
     fails_cleanly(run("info", engine), "not readable JSON")
 
 
+def _nan_onnx(good: Path, path: Path) -> Path:
+    """`good` with one weight tensor set to NaN, as an export of a diverged run's weights would be."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(good)
+    weight = next(t for t in model.graph.initializer if t.name == "fc.weight")  # ReLU would zero a conv's NaN
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, path)
+    return path
+
+
+def test_nan_weights_are_refused_by_every_consumer(artifacts: dict[str, Path], tmp_path: Path):
+    """A diverged run's weights: argmax of NaN logits is class 0 for every image, silently."""
+    from rtk import build
+
+    path = _nan_onnx(artifacts["onnx"], tmp_path / "model.onnx")
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(RtkError, match="NaN or infinite logits for 4 of 4 images"):
+            rtk.runtime.load(path, backend=backend).predict(np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(RtkError, match="holds NaN or infinity in 1 weight tensors"):
+        build.build_engine(path, tmp_path / "model.fp32.plan", precision="fp32")
+    fails_cleanly(run("deploy", "triton", "--source", path, "--repo", tmp_path / "repo"), "NaN or infinity")
+    assert files_under(tmp_path) == ["model.onnx"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Full and read-only output locations
 

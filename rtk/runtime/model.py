@@ -138,7 +138,8 @@ class Model:
       - dtype: anything but uint8 or float32 (float64 too: convert with .astype(np.float32));
       - value range: float32 input outside the normalized range by more than 1.0 (raw 0..255
         pixels passed as floats), NaN or infinity;
-      - a closed model (after close()), and the backend's own failures.
+      - a closed model (after close()), the backend's own failures, and NaN or infinite logits
+        (weights from a diverged training: argmax would say class 0 for everything).
     A RuntimeWarning (once per model) for float32 input that lies wholly in [0, 1]: pixels scaled
     by 1/255 but never normalized (see looks_unnormalized).
     Models exported with a fixed batch get any batch size: split into, and padded to, their batch.
@@ -205,7 +206,12 @@ class Model:
                 raise RtkError(f"{self.runner.path}: {self.name} returned logits of shape {list(out.shape)} for "
                                f"a batch of {len(feed)}, expected [{len(feed)}, {len(self.classes)}]")
             chunks.append(out[:count])
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+        logits = np.concatenate(chunks).astype(np.float32, copy=False)
+        bad = ~np.isfinite(logits).all(axis=1)
+        if bad.any():  # argmax of NaN is class 0: a silently wrong answer
+            raise RtkError(f"{self.runner.path} gave NaN or infinite logits for {int(bad.sum())} of {len(logits)} "
+                           "images: its weights are not finite (a diverged training?)")
+        return logits
 
     def predict(self, images: Any, batch_sizes: Sequence[int] = (), pad: bool = False) -> Prediction:
         """Top-1 class indices int64 [N] and softmax probabilities float32 [N, num_classes];
