@@ -91,8 +91,7 @@ def _read_onnx(path: Path) -> ServedModel:
     from rtk.describe import summarize_onnx
     from rtk.onnx_meta import check_finite_weights, load_onnx, missing_fields
 
-    model = load_onnx(path)
-    summary = summarize_onnx(model)
+    summary = summarize_onnx(load_onnx(path, load_weights=False))  # tells weights kept in side files
     missing = missing_fields(summary.metadata)
     if missing:
         raise RtkError(f"{path} is not an rtk ONNX file (no rtk metadata {', '.join(missing)}): "
@@ -100,7 +99,7 @@ def _read_onnx(path: Path) -> ServedModel:
     if len(summary.inputs) != 1 or len(summary.outputs) != 1:
         raise RtkError(f"{path} has {len(summary.inputs)} inputs and {len(summary.outputs)} outputs; "
                        f"rtk models have one of each")
-    check_finite_weights(model, path)  # Triton would serve class 0 for everything
+    check_finite_weights(load_onnx(path), path)  # Triton would serve class 0 for everything
     (inp,), (out,) = summary.inputs, summary.outputs
     batch = inp.shape[0] if inp.shape else None
     if not isinstance(batch, str):
