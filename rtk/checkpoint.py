@@ -85,8 +85,10 @@ def save(
         payload["provenance"]["source"] = dict(source)
     if train_state is not None:
         payload["train_state"] = train_state
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a Python file, so a failed write (a full disk) is the OSError that atomic_path reports
+    # in one line; given a path, torch writes in C++ and says only "basic_ios::clear: iostream error".
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     return Path(path)
 
 

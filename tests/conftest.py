@@ -2,6 +2,7 @@
 
     cifar_dir       the real data set from RTK_DATA_DIR (fails, with the fix, when it is unset)
     cifar10         rtk.data.load_cifar10(cifar_dir), loaded once per session
+    tiny_cifar      a 600/100-image learnable stand-in patched into rtk.data.load_cifar10 (training tests)
     fake_cifar_dir  a cifar-10-batches-py folder of FAKE_IMAGES_PER_BATCH images per batch, with
                     rtk.data.IMAGES_PER_BATCH set to match for the test (this process only)
     write_fake_cifar(root, ...) / write_batch(path, ...) / dump_py2(obj, path) write such files
@@ -68,6 +69,30 @@ def write_fake_cifar(root: Path, images_per_batch: int = FAKE_IMAGES_PER_BATCH, 
         write_batch(folder / name, images, labels)
     dump_py2({b"label_names": [c.encode() for c in data.CLASSES]}, folder / data.META_FILE)
     return folder
+
+
+def make_tiny_cifar(root: Path) -> data.Cifar10:
+    """A 600/100-image stand-in for CIFAR-10 with learnable labels (class = brightest channel band)."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 120, (n, 32, 32, 3), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            images[i, :, label * 3:label * 3 + 3, :] = 250
+        return images, labels.astype(np.int64)
+
+    train_images, train_labels = make(600)
+    test_images, test_labels = make(100)
+    return data.Cifar10(train_images, train_labels, test_images, test_labels, root)
+
+
+@pytest.fixture
+def tiny_cifar(monkeypatch, tmp_path):
+    """make_tiny_cifar patched into rtk.data.load_cifar10, so training tests take seconds."""
+    fake = make_tiny_cifar(tmp_path)
+    monkeypatch.setattr(data, "load_cifar10", lambda data_dir=None: fake)
+    return fake
 
 
 @pytest.fixture

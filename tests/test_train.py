@@ -9,31 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rtk import augment, checkpoint, data
+from rtk import checkpoint, data
 from rtk import train as train_stage
 from rtk.cli import main
 from rtk.errors import RtkError
 from rtk.train.trainer import seeded
-
-
-@pytest.fixture
-def tiny_cifar(monkeypatch, tmp_path):
-    """A 600/100-image stand-in for CIFAR-10 with learnable labels (class = brightest channel
-    band), patched into rtk.data.load_cifar10 so training tests take seconds."""
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 120, (n, 32, 32, 3), dtype=np.uint8)
-        for i, label in enumerate(labels):
-            images[i, :, label * 3:label * 3 + 3, :] = 250
-        return images, labels.astype(np.int64)
-
-    train_images, train_labels = make(600)
-    test_images, test_labels = make(100)
-    fake = data.Cifar10(train_images, train_labels, test_images, test_labels, tmp_path)
-    monkeypatch.setattr(data, "load_cifar10", lambda data_dir=None: fake)
-    return fake
 
 
 def _cfg(tmp_path, **kw):
@@ -79,30 +59,7 @@ def test_split_never_feeds_validation_images_to_training(tiny_cifar, tmp_path):
     assert len(trainer.train_y) == 500
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cifar, tmp_path, monkeypatch):
-    whole = checkpoint.read(train_stage.train(_cfg(tmp_path / "a"), show_progress=False))
-
-    real_augment, calls = augment.augment, {"n": 0}
-
-    def interrupt_at_step_10(images, generator=None):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return real_augment(images, generator)
-
-    monkeypatch.setattr(augment, "augment", interrupt_at_step_10)
-    with pytest.raises(KeyboardInterrupt):
-        train_stage.train(_cfg(tmp_path / "b"), show_progress=False)
-    saved = checkpoint.read(tmp_path / "b" / "run" / "checkpoint.pt")
-    assert saved["train_state"]["step"] == 10 and saved["metrics"]["interrupted"]
-
-    monkeypatch.setattr(augment, "augment", real_augment)
-    resumed = checkpoint.read(train_stage.train(_cfg(tmp_path / "b"), resume=True, show_progress=False))
-    for key, value in whole["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    assert resumed["metrics"]["test_acc"] == whole["metrics"]["test_acc"]
-    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [15, 24, 24]  # the log was not duplicated by the resume (last line: final)
+# Interruptions (SIGINT, SIGTERM at several points) and exact resume: tests/test_faults.py.
 
 
 def test_resume_errors(tiny_cifar, tmp_path):

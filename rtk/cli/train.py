@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from rtk.cli import main
 from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
@@ -45,20 +46,26 @@ from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
                    "faster steps, costs a minute of compile time).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Run folder [RUNS_DIR/resnet<depth>].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out-dir from its checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out-dir from its checkpoint, with its own options (only --device, "
+                   "--compile and --data-dir may change; another length, batch, lr, ... is refused).")
+@click.option("--overwrite", is_flag=True, help="Start anew in an --out-dir that holds a run (else refused).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1,
               help="Processes for DistributedDataParallel (re-runs this command under torchrun); "
                    "one per GPU, or gloo processes on the CPU.")
 @click.option("--no-progress", is_flag=True, help="No progress bar; one line per epoch on stderr instead (the default off a terminal).")
 @data_dir_option
 @runs_dir_option
-def train(depth: int, recipe: str, nproc: int, resume: bool, no_progress: bool, runs_dir: str,
+def train(depth: int, recipe: str, nproc: int, resume: bool, overwrite: bool, no_progress: bool, runs_dir: str,
           out_dir: str | None, compile_mode: str, **options: Any) -> None:
     """Train ResNet-DEPTH on CIFAR-10; writes checkpoint.pt, metrics.jsonl and curves.png.
 
     The final model is reported: validation accuracy every epoch, test accuracy once at the end
-    (the test set never selects a model). Ctrl-C saves a checkpoint; --resume continues it.
+    (the test set never selects a model). Ctrl-C or SIGTERM finishes the step in progress and saves
+    a checkpoint; --resume continues it. A folder that holds a run needs --resume or --overwrite.
     """
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: choose one")
     from rtk import data
 
     # Fetched (into the cache) before any torchrun relaunch, so ranks never download at once.
@@ -66,14 +73,26 @@ def train(depth: int, recipe: str, nproc: int, resume: bool, no_progress: bool, 
     if nproc > 1 and "RANK" not in os.environ:
         _relaunch_under_torchrun(nproc)
         return
+    from rtk import checkpoint
     from rtk import train as train_stage
 
-    settings = train_stage.recipe_defaults(recipe)
-    settings.update({k: v for k, v in options.items() if v is not None})
-    cfg = train_stage.TrainConfig(
-        depth=depth, recipe=recipe, compile=compile_mode,
-        out_dir=out_dir or str(Path(runs_dir) / f"resnet{depth}"), **settings)
-    path = train_stage.train(cfg, resume=resume, show_progress=not no_progress)
+    out_dir = out_dir or str(Path(runs_dir) / f"resnet{depth}")
+    if resume:
+        # The run's own options; those given on the command line must agree with them.
+        ctx = click.get_current_context()
+        given = {name: value for name, value in {**options, "depth": depth, "recipe": recipe,
+                                                 "compile": compile_mode}.items()
+                 if ctx.get_parameter_source("compile_mode" if name == "compile" else name)
+                 is not ParameterSource.DEFAULT}
+        ckpt_path = Path(out_dir) / "checkpoint.pt"
+        recipe_of_run = checkpoint.read(ckpt_path)["recipe"] if ckpt_path.is_file() else {}
+        cfg = train_stage.resumed_config(recipe_of_run, {**given, "out_dir": out_dir,
+                                                         "data_dir": options["data_dir"]})
+    else:
+        settings = train_stage.recipe_defaults(recipe)
+        settings.update({k: v for k, v in options.items() if v is not None})
+        cfg = train_stage.TrainConfig(depth=depth, recipe=recipe, compile=compile_mode, out_dir=out_dir, **settings)
+    path = train_stage.train(cfg, resume=resume, show_progress=not no_progress, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(path))
 

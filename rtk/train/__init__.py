@@ -30,11 +30,12 @@ import torch.distributed as dist
 from rtk import checkpoint
 from rtk.errors import RtkError
 from rtk.log import info
-from rtk.train.config import TrainConfig, lr_at, recipe_defaults
+from rtk.signals import deferred_stop
+from rtk.train.config import TrainConfig, lr_at, recipe_defaults, resume_conflicts, resumed_config
 from rtk.train.records import MetricsLog, plot_curves, progress_display
 from rtk.train.trainer import Dist, Trainer, seeded
 
-__all__ = ["TrainConfig", "Trainer", "recipe_defaults", "train"]
+__all__ = ["TrainConfig", "Trainer", "recipe_defaults", "resumed_config", "train"]
 
 
 def _reduce_sum(values: torch.Tensor, dist_info: Dist) -> torch.Tensor:
@@ -59,11 +60,16 @@ def _recipe_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 
-def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, overwrite: bool = False) -> Path:
     """Run training; returns the checkpoint path (written by rank 0 only).
 
     Rank 0 shows a progress bar on a terminal (show_progress) and otherwise one line per epoch.
-    Ctrl-C saves a checkpoint with the state needed by --resume and re-raises KeyboardInterrupt.
+    A run folder that holds a checkpoint is continued with resume (the same trajectory options,
+    see config.resume_conflicts) or started anew with overwrite; without either it is refused.
+    Ctrl-C or SIGTERM finishes the step in progress, saves a checkpoint with the state --resume
+    needs and raises KeyboardInterrupt (rtk.signals.Terminated for SIGTERM); a second one stops at
+    once. A loss or weights that become NaN or infinity end the run with an RtkError before
+    anything is saved over the last good checkpoint.
     """
     dist_info = Dist.from_env()
     if dist_info.world > 1 and not dist.is_initialized():
@@ -72,53 +78,79 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) ->
             torch.cuda.set_device(dist_info.local_rank)
         dist.init_process_group(backend)
     try:
-        return _train(cfg, dist_info, resume, show_progress)
+        return _train(cfg, dist_info, resume, show_progress, overwrite)
     finally:
         if dist_info.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool) -> Path:
+def _start(cfg: TrainConfig, ckpt_path: Path, trainer: Trainer, resume: bool,
+           overwrite: bool) -> tuple[int | None, list[float] | None]:
+    """(the step a resumed run continues from, the sums of its epoch so far), its state loaded into
+    `trainer`; (None, None) for a new run."""
+    if not resume:
+        if ckpt_path.exists() and not overwrite:
+            raise RtkError(f"{ckpt_path.parent} holds a run ({ckpt_path.name}): continue it with --resume, "
+                           "or start it anew with --overwrite")
+        return None, None
+    if not ckpt_path.is_file():
+        raise RtkError(f"--resume: no checkpoint to resume at {ckpt_path}")
+    ckpt = checkpoint.read(ckpt_path)
+    if "train_state" not in ckpt:
+        raise RtkError(f"{ckpt_path} holds no training state (shipped weights?); cannot resume")
+    conflicts = resume_conflicts(ckpt["recipe"], dataclasses.asdict(cfg))
+    if conflicts:
+        raise RtkError(f"{ckpt_path} cannot be resumed with other options: {'; '.join(conflicts)}")
+    trainer.load_state(ckpt)
+    return trainer.step, ckpt["train_state"].get("epoch_sums")
+
+
+def _diverged(step: int, cfg: TrainConfig, ckpt_path: Path) -> RtkError:
+    kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.is_file() else "nothing was saved"
+    return RtkError(f"training diverged by step {step}: the loss or the weights became NaN or infinity "
+                    f"(lr {cfg.lr}); {kept}. Train again with a lower --lr")
+
+
+def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool, overwrite: bool) -> Path:
     out_dir = Path(cfg.out_dir or f"runs/resnet{cfg.depth}")
     ckpt_path = out_dir / "checkpoint.pt"
     trainer = Trainer(cfg, dist_info)
-    resumed_from = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise RtkError(f"--resume: no checkpoint to resume at {ckpt_path}")
-        ckpt = checkpoint.read(ckpt_path)
-        if "train_state" not in ckpt:
-            raise RtkError(f"{ckpt_path} holds no training state (shipped weights?); cannot resume")
-        if ckpt["model"]["depth"] != cfg.depth:
-            raise RtkError(f"{ckpt_path} is ResNet-{ckpt['model']['depth']}, not ResNet-{cfg.depth}")
-        trainer.load_state(ckpt)
-        resumed_from = trainer.step
+    resumed_from, epoch_sums = _start(cfg, ckpt_path, trainer, resume, overwrite)
     trainer.load_data()
     total = trainer.total_steps()
     if trainer.step >= total:
         raise RtkError(f"{ckpt_path} already finished its {total} steps; nothing to resume")
-    if dist_info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        info(f"ResNet-{cfg.depth} on {trainer.device} ({trainer.precision}, {dist_info.world} process(es)): "
-             f"{total} steps of batch {cfg.batch_size} = {total / trainer.steps_per_epoch:.1f} epochs "
-             f"of {len(trainer.train_y)} images, {cfg.schedule} schedule, lr {cfg.lr}"
-             + (f", resuming at step {trainer.step}" if resumed_from is not None else ""))
-    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from) if dist_info.is_main else None
-
-    def save(metrics: dict[str, Any]) -> None:
-        if dist_info.is_main:
-            checkpoint.save(ckpt_path, trainer.model, split=_split_info(cfg), recipe=_recipe_dict(cfg),
-                            metrics=metrics, train_state=trainer.state())
-
-    sums = torch.zeros(3, device=trainer.device, dtype=torch.float64)  # loss sum, correct, images
+    # Loss sum, correct, images of the epoch so far (restored on resume, so its record is exact).
+    sums = torch.tensor(epoch_sums or [0.0, 0.0, 0.0], device=trainer.device, dtype=torch.float64)
     per_step = torch.tensor([0.0, 0.0, cfg.batch_size / dist_info.world], dtype=torch.float64,
                             device=trainer.device)
-    epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step
-    started = time.perf_counter()
-    val_acc = float("nan")
-    try:
+
+    def save(metrics: dict[str, Any]) -> None:
+        # On every rank (the replicas are equal), so all stop together on a diverged run.
+        if checkpoint.non_finite_tensors(trainer.model.state_dict()):
+            raise _diverged(trainer.step, cfg, ckpt_path)
+        if dist_info.is_main:
+            checkpoint.save(ckpt_path, trainer.model, split=_split_info(cfg), recipe=_recipe_dict(cfg),
+                            metrics=metrics, train_state={**trainer.state(), "epoch_sums": sums.tolist()})
+
+    with deferred_stop() as stop:
+        if dist_info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            info(f"ResNet-{cfg.depth} on {trainer.device} ({trainer.precision}, {dist_info.world} process(es)): "
+                 f"{total} steps of batch {cfg.batch_size} = {total / trainer.steps_per_epoch:.1f} epochs "
+                 f"of {len(trainer.train_y)} images, {cfg.schedule} schedule, lr {cfg.lr}"
+                 + (f", resuming at step {trainer.step}" if resumed_from is not None else ""))
+        log = MetricsLog(out_dir / "metrics.jsonl", resumed_from) if dist_info.is_main else None
+        epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step
+        started = time.perf_counter()
+        val_acc = float("nan")
         with progress_display(dist_info.is_main, show_progress, total, trainer.step) as progress:
             while trainer.step < total:
+                if stop.signum is not None:  # between two steps: the state is whole
+                    save({"val_acc": val_acc, "step": trainer.step, "interrupted": True})
+                    if dist_info.is_main:
+                        info(f"interrupted at step {trainer.step}: saved {ckpt_path}; continue with --resume")
+                    stop.raise_it()
                 step = trainer.step
                 idx = trainer.batch_indices(step)
                 loss_sum, correct = trainer.train_step(
@@ -138,6 +170,8 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool)
                                                   f"{ips:,.0f} img/s")
                 if end_of_epoch:
                     totals = _reduce_sum(sums.clone(), dist_info).tolist()
+                    if not math.isfinite(totals[0]):  # the same reduced sum on every rank
+                        raise _diverged(trainer.step, cfg, ckpt_path)
                     val_loss, val_acc = trainer.evaluate(trainer.val_x, trainer.val_y)
                     elapsed = time.perf_counter() - epoch_start_time
                     record = {
@@ -148,6 +182,8 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool)
                         "images_per_s": (trainer.step - epoch_start_step) * cfg.batch_size / elapsed,
                         "elapsed_s": time.perf_counter() - started,
                     }
+                    sums.zero_()
+                    save({"val_acc": val_acc, "step": trainer.step, "epochs": record["epoch"]})
                     if log is not None:
                         log.append(record)
                     if progress is not None:
@@ -155,32 +191,25 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool)
                             f"epoch {record['epoch']:g} (step {trainer.step}/{total}): train loss "
                             f"{record['train_loss']:.3f}, train acc {record['train_acc']:.2f}%, val acc "
                             f"{val_acc:.2f}%, {record['images_per_s']:,.0f} img/s")
-                    save({"val_acc": val_acc, "step": trainer.step, "epochs": record["epoch"]})
-                    sums.zero_()
                     epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step
-    except KeyboardInterrupt:
-        save({"val_acc": val_acc, "step": trainer.step, "interrupted": True})
-        if dist_info.is_main:
-            info(f"interrupted at step {trainer.step}: saved {ckpt_path}; continue with --resume")
-        raise
 
-    # The final model is the one reported; the test set is looked at once, after training.
-    test_loss, test_acc = trainer.evaluate(trainer.test_x, trainer.test_y)
-    checksums = [_param_checksum(trainer.model)]
-    if dist_info.world > 1:
-        gathered: list[Any] = [None] * dist_info.world
-        dist.all_gather_object(gathered, checksums[0])
-        checksums = gathered
-    metrics = {
-        "val_acc": val_acc, "test_acc": test_acc, "test_loss": test_loss, "step": trainer.step,
-        "epochs": trainer.step / trainer.steps_per_epoch, "train_seconds": time.perf_counter() - started,
-        "processes": dist_info.world, "device": str(trainer.device),
-        "param_checksums": checksums, "data_sha256": trainer.data_checksum,
-    }
-    save(metrics)
-    if dist_info.is_main and log is not None:
-        log.append({"final": True, **{k: v for k, v in metrics.items() if k != "param_checksums"}})
-        plot_curves(log.records(), out_dir / "curves.png", cfg.depth)
-        info(f"final model: validation {val_acc:.2f}%, test {test_acc:.2f}% -> {ckpt_path}")
+        # The final model is the one reported; the test set is looked at once, after training.
+        # (A stop asked for from here on lets the finished run write its results first.)
+        test_loss, test_acc = trainer.evaluate(trainer.test_x, trainer.test_y)
+        checksums = [_param_checksum(trainer.model)]
+        if dist_info.world > 1:
+            gathered: list[Any] = [None] * dist_info.world
+            dist.all_gather_object(gathered, checksums[0])
+            checksums = gathered
+        metrics = {
+            "val_acc": val_acc, "test_acc": test_acc, "test_loss": test_loss, "step": trainer.step,
+            "epochs": trainer.step / trainer.steps_per_epoch, "train_seconds": time.perf_counter() - started,
+            "processes": dist_info.world, "device": str(trainer.device),
+            "param_checksums": checksums, "data_sha256": trainer.data_checksum,
+        }
+        save(metrics)
+        if dist_info.is_main and log is not None:
+            log.append({"final": True, **{k: v for k, v in metrics.items() if k != "param_checksums"}})
+            plot_curves(log.records(), out_dir / "curves.png", cfg.depth)
+            info(f"final model: validation {val_acc:.2f}%, test {test_acc:.2f}% -> {ckpt_path}")
     return ckpt_path
-

@@ -3,6 +3,7 @@ and the learning-rate schedules."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,29 @@ class TrainConfig:
     out_dir: str = ""
     data_dir: str | None = None
     eval_batch_size: int = 1000
+
+
+# Options that say only where and how fast a run goes: a resumed run may change them. Every other
+# option shapes the trajectory (the steps, their order, their lr), so a resume must keep it.
+PLACEMENT_OPTIONS = frozenset({"device", "compile", "channels_last", "eval_batch_size", "out_dir", "data_dir"})
+
+
+def resume_conflicts(recipe: dict[str, Any], options: dict[str, Any]) -> list[str]:
+    """How `options` (TrainConfig fields) contradict the recipe a run was started with."""
+    return [f"--{name.replace('_', '-')} {value} differs from the run's {recipe[name]}"
+            for name, value in options.items()
+            if name not in PLACEMENT_OPTIONS and name in recipe and value != recipe[name]]
+
+
+def resumed_config(recipe: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
+    """The config a resumed run continues with: its own `recipe` (from its checkpoint), with the
+    options the user `given` applied; RtkError when one of those contradicts the run."""
+    conflicts = resume_conflicts(recipe, given)
+    if conflicts:
+        raise RtkError("--resume continues a run as it was started: " + "; ".join(conflicts)
+                       + " (drop them, or start anew with --overwrite)")
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in recipe.items() if k in names}, **given})
 
 
 RECIPES: dict[str, dict[str, Any]] = {

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rtk.errors import RtkError
 from rtk.fileio import atomic_path
 from rtk.log import info
 
@@ -18,10 +19,13 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
+        if resume_step is None or not path.is_file():  # a new run: the file appears with its first line
+            path.unlink(missing_ok=True)
+            return
         lines = []
-        if resume_step is not None and path.is_file():
-            lines = [ln for ln in path.read_text().splitlines()
-                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip() and _record(path, number, line).get("step", 0) <= resume_step:
+                lines.append(line)
         with atomic_path(path) as tmp:
             tmp.write_text("".join(ln + "\n" for ln in lines))
 
@@ -31,6 +35,19 @@ class MetricsLog:
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+
+def _record(path: Path, number: int, line: str) -> dict[str, Any]:
+    """One line of metrics.jsonl as a dict; RtkError naming the line where it is damaged."""
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise RtkError(f"{path} line {number} is not JSON ({exc}): the log is damaged; remove its broken "
+                       "lines to resume") from exc
+    if not isinstance(record, dict):
+        raise RtkError(f"{path} line {number} is not JSON object: the log is damaged; remove its broken "
+                       "lines to resume")
+    return record
 
 
 class _Progress:

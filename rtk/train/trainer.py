@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rtk import augment, data
-from rtk.errors import RtkError
+from rtk.errors import MissingDependency, RtkError
 from rtk.model import ResNet
 from rtk.train.config import PAPER_ITERATIONS, TrainConfig
 
@@ -42,7 +42,7 @@ def pick_device(requested: str, dist_info: Dist) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise RtkError("--device cuda asked for, but torch sees no CUDA device "
+            raise MissingDependency("--device cuda asked for, but torch sees no CUDA device "
                            f"(torch {torch.__version__}); use --device cpu")
         return torch.device("cuda", dist_info.local_rank)
     if requested == "cpu":
@@ -177,7 +177,12 @@ class Trainer:
         return {"step": self.step, "optimizer": self.optimizer.state_dict()}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["state_dict"], strict=True)
-        self.optimizer.load_state_dict(ckpt["train_state"]["optimizer"])
+        """Weights, BN buffers, optimizer state and step from a checkpoint rtk.checkpoint.read checked."""
+        try:
+            self.model.load_state_dict(ckpt["state_dict"], strict=True)
+            self.optimizer.load_state_dict(ckpt["train_state"]["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # what torch raises for a damaged state
+            reason = " ".join(str(exc).split())
+            raise RtkError(f"the checkpoint's training state does not fit ResNet-{self.cfg.depth}: {reason}") from exc
         self.step = int(ckpt["train_state"]["step"])
 
