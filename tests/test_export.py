@@ -229,6 +229,15 @@ def test_tolerance_scales_with_the_image_logits_not_each_logit():
     assert not beyond_tolerance(expected + 9e-5, expected).any()
 
 
+def test_nan_and_infinity_are_beyond_any_tolerance():
+    """`max abs diff nan ... result pass` once: NaN compares false with every bound."""
+    expected = np.zeros((3, 10), np.float32)
+    got = expected.copy()
+    got[0, 0], got[1, 1], expected[2, 2] = np.nan, np.inf, np.nan
+    beyond = beyond_tolerance(got, expected)
+    assert beyond[:2].sum(axis=1).tolist() == [1, 1] and beyond[2].all()  # a NaN reference: its whole image
+
+
 # ---------------------------------------------------------------------------------------------
 # graph_report catches each kind of bad graph
 

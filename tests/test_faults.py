@@ -228,7 +228,47 @@ def test_nan_weights_are_refused_by_every_consumer(artifacts: dict[str, Path], t
     with pytest.raises(RtkError, match="holds NaN or infinity in 1 weight tensors"):
         build.build_engine(path, tmp_path / "model.fp32.plan", precision="fp32")
     fails_cleanly(run("deploy", "triton", "--source", path, "--repo", tmp_path / "repo"), "NaN or infinity")
+    fails_cleanly(run("quantize", "--onnx", path, "--target", "cpu", "--calib-dir", tmp_path / "calib"),
+                  "NaN or infinity")
+    fails_cleanly(run("quantize", "--onnx", path, "--fp16"), "NaN or infinity")
     assert files_under(tmp_path) == ["model.onnx"]
+
+
+def test_quantize_refuses_contradicting_flags_a_fixed_batch_and_a_damaged_manifest(
+        artifacts: dict[str, Path], cifar_dir: Path, tmp_path: Path):
+    from rtk.export import export_onnx
+
+    contradiction = run("quantize", "--onnx", artifacts["onnx"], "--fp16", "--precision", "int8")
+    assert contradiction.exit_code == 2 and "--fp16 and --precision int8 contradict" in contradiction.output
+    fixed = export_onnx(artifacts["checkpoint"], tmp_path / "fixed" / "model.onnx", batch_size=4, verify=False,
+                        log=lambda message: None)
+    fails_cleanly(run("quantize", "--onnx", fixed, "--target", "cpu", "--no-verify", "--data-dir", cifar_dir,
+                      "--calib-dir", tmp_path / "calib"), "has a fixed batch of 4")
+    args = ["quantize", "--onnx", artifacts["onnx"], "--target", "cpu", "--no-verify", "--num-images", 64,
+            "--data-dir", cifar_dir, "--calib-dir", tmp_path / "calib", "--out", tmp_path / "q" / "m.onnx"]
+    assert run(*args).exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    record = json.loads(manifest.read_text())
+    del record["indices"]
+    manifest.write_text(json.dumps(record))
+    fails_cleanly(run(*args), r"calibration manifest .* is incomplete \(indices missing")
+
+
+def test_a_reused_calibration_manifest_is_not_rewritten(artifacts: dict[str, Path], cifar_dir: Path, tmp_path: Path):
+    """calib/*.json is tracked in git: a plain rtk quantize that reuses it leaves bytes, inode and
+    mode alone (it rewrote it as 0600 with the model's new file name, and the checkout was dirty)."""
+    source = tmp_path / "model.onnx"  # outputs go beside it
+    source.write_bytes(artifacts["onnx"].read_bytes())
+    common = ["--onnx", source, "--target", "cpu", "--no-verify", "--num-images", 64,
+              "--data-dir", cifar_dir, "--calib-dir", tmp_path / "calib"]
+    assert run("quantize", *common, "--out", tmp_path / "model.int8.cpu.percentile.onnx").exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    os.chmod(manifest, 0o664)
+    before = manifest.stat()
+    result = run("quantize", *common)  # the default name this time, same model and ranges
+    assert result.exit_code == 0, result.output
+    after = manifest.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_mode) == (before.st_ino, before.st_mtime_ns, before.st_mode)
 
 
 # ---------------------------------------------------------------------------------------------

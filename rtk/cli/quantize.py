@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from rtk.cli import main
 from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
@@ -61,6 +62,9 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
     from rtk import quantize as stage
     from rtk.pipeline import RunPaths, ensure_onnx, run_paths
 
+    if fp16_only and precision != "fp16" and \
+            click.get_current_context().get_parameter_source("precision") is not ParameterSource.DEFAULT:
+        raise click.UsageError(f"--fp16 and --precision {precision} contradict each other: give one")
     precision = "fp16" if fp16_only else precision
     targets = list(INT8_TARGETS) if target == ALL else [target]
     methods = list(CALIBRATION_METHODS) if method == ALL else [method]

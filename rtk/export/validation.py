@@ -65,8 +65,10 @@ def _logit_scale(logits: np.ndarray) -> np.ndarray:
 
 
 def beyond_tolerance(got: np.ndarray, expected: np.ndarray, atol: float = ATOL, rtol: float = RTOL) -> np.ndarray:
-    """Boolean [N, 10]: logits of `got` off `expected` by more than max(atol, rtol * image logit scale)."""
-    return np.abs(got - expected) > np.maximum(atol, rtol * _logit_scale(expected))
+    """Boolean [N, 10]: logits of `got` off `expected` by more than max(atol, rtol * image logit scale),
+    or not finite in either (a comparison with NaN is never greater than a tolerance: it would pass)."""
+    within = np.abs(got - expected) <= np.maximum(atol, rtol * _logit_scale(expected))
+    return ~within
 
 
 def _torch_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:

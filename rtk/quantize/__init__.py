@@ -122,11 +122,13 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
 
     if ranges_from is not None:
         return out  # the manifest describes the file it calibrated
-    manifest.setdefault("quantized", {})[target] = {
-        "model": out.name, "sha256": sha256_file(out), "float_convs": sorted(exclude),
-        "int8_mac_share": int8_mac_share(onnx_path, exclude),
-        **({"mixed_precision": selection} if selection else {}),
-        "activations": activation_quantization(model)}
+    record = {"model": out.name, "sha256": sha256_file(out), "float_convs": sorted(exclude),
+              "int8_mac_share": int8_mac_share(onnx_path, exclude),
+              **({"mixed_precision": selection} if selection else {}),
+              "activations": activation_quantization(model)}
+    recorded = manifest.setdefault("quantized", {}).get(target, {})
+    if {k: v for k, v in recorded.items() if k != "model"} != {k: v for k, v in record.items() if k != "model"}:
+        manifest["quantized"][target] = record  # the same model under another file name is not news
     write_manifest(manifest_path, manifest)
     return out
 

@@ -250,6 +250,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise RtkError(f"cannot read calibration manifest {path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise RtkError(f"{path} is not an rtk calibration manifest (format {MANIFEST_FORMAT})")
+    fields = {"model": dict, "data": dict, "indices": list, "ranges": dict}
+    broken = [key for key, kind in fields.items() if not isinstance(manifest.get(key), kind)]
+    if broken or "checksum" not in manifest["data"]:
+        raise RtkError(f"calibration manifest {path} is incomplete ({', '.join(broken) or 'data.checksum'} "
+                       "missing or malformed); delete it to recalibrate")
     return manifest
 
 
@@ -259,8 +264,16 @@ MANIFEST_KEYS = ("format", "model", "data", "method", "num_images", "seed", "cal
 
 
 def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Write the manifest, unless the file already says exactly this: a reused manifest (tracked in
+    git, in calib/) is left as it is, mode and bytes."""
     ordered = {key: manifest[key] for key in MANIFEST_KEYS if key in manifest}
-    write_text_atomic(path, json.dumps(ordered, indent=1) + "\n")
+    text = json.dumps(ordered, indent=1) + "\n"
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass  # none yet, or unreadable: written
+    write_text_atomic(path, text)
 
 
 def tensors_data(quantization: Any, ranges: Mapping[str, list[float]], method: str) -> Any:

@@ -7,11 +7,13 @@ from typing import Any
 
 from rtk.errors import RtkError
 from rtk.names import with_article
-from rtk.onnx_meta import decode_metadata, encode_metadata, load_onnx, missing_fields
+from rtk.onnx_meta import check_finite_weights, decode_metadata, encode_metadata, load_onnx, missing_fields
 
 
 def fp32_metadata(onnx_path: Path) -> dict[str, Any]:
-    model = load_onnx(onnx_path, load_weights=False)
+    """The rtk metadata of an FP32 model quantize can start from: RtkError for another precision, a
+    fixed batch (calibration and validation run their own batch sizes) or weights with NaN/inf."""
+    model = load_onnx(onnx_path)
     meta = decode_metadata({prop.key: prop.value for prop in model.metadata_props})
     missing = missing_fields(meta)
     if missing:
@@ -20,6 +22,11 @@ def fp32_metadata(onnx_path: Path) -> dict[str, Any]:
     if meta["precision"] != "fp32":
         raise RtkError(f"{onnx_path} is {with_article(meta['precision'])} model; quantize starts from the FP32 "
                        f"model.onnx")
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else ()
+    if dims and dims[0].HasField("dim_value"):
+        raise RtkError(f"{onnx_path} has a fixed batch of {dims[0].dim_value}; quantize starts from the "
+                       "dynamic-batch export (`rtk export` without --fixed-batch)")
+    check_finite_weights(model, onnx_path)
     return meta
 
 
