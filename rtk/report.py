@@ -267,10 +267,14 @@ def print_tables(result: dict[str, Any], console: Any = None) -> None:
         console = Console(width=max(Console().width, TABLE_WIDTH))
     depth = result["model"]["depth"]
 
-    def table(title: str, header: list[str], lines: list[list[str]], text_columns: int) -> Table:
+    def table(title: str, header: list[str], lines: list[list[str]], text_columns: int,
+              wrap: tuple[str, ...] = ()) -> Table:
+        # Only the `wrap` columns may wrap: a figure or a verdict ("UNRELIABLE") is never cut.
         t = Table(title=title, box=box.SIMPLE_HEAD)
         for i, col in enumerate(header):
-            t.add_column(col, justify="left" if i < text_columns else "right", no_wrap=i < text_columns)
+            width = max(len(cell) for cell in [col, *(line[i] for line in lines)])
+            t.add_column(col, justify="left" if i < text_columns else "right", no_wrap=col not in wrap,
+                         min_width=None if col in wrap else width)
         for line in lines:
             style = "bold red" if {"MISSED", "UNRELIABLE"} & set(line) else ("bold" if any("(baseline)" in c for c in line) else None)
             t.add_row(*line, style=style)
@@ -285,7 +289,7 @@ def print_tables(result: dict[str, Any], console: Any = None) -> None:
     targets = targets_of(result)
     if targets:
         console.print(table("Targets", TARGET_HEADER[:-1],
-                            [line[:-1] for line in target_table_rows(targets)], 2))
+                            [line[:-1] for line in target_table_rows(targets)], 2, wrap=("for",)))
     for note in result["notes"]:
         console.print(f"note: {note}")
 

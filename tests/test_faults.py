@@ -590,3 +590,19 @@ def test_sigterm_stops_rtk_train_like_ctrl_c(cifar_dir: Path, tmp_path: Path):
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "terminated (SIGTERM)"
     saved = checkpoint.read(out / "checkpoint.pt")
     assert saved["metrics"]["interrupted"] and saved["train_state"]["step"] >= 0
+
+
+def test_a_busy_bench_reports_its_speed_targets_as_unreliable(bench_runs_dir: Path, cifar_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """A load average of 99 on this machine: the batch-1 latency target is unreliable, not met."""
+    import rtk.bench
+
+    monkeypatch.setattr(rtk.bench, "load_average", lambda: 99.0)
+    result = run("bench", "--precision", "int8", "--runs-dir", bench_runs_dir, "--data-dir", cifar_dir,
+                 "--batch-sizes", 1, "--warmup", 0, "--iterations", 3, "--threads", 1, "--no-accuracy",
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["environment"]["busy"] is True and report["targets"]
+    assert all(t["status"] == "unreliable" and not t["met"] for t in report["targets"])
+    assert "UNRELIABLE" in result.stdout and "| met |" not in (tmp_path / "bench.md").read_text()

@@ -125,7 +125,8 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
                 row.first_call_s.setdefault(str(batch_size), first)
         load_after = load_average()
         _speedups(rows)
-        if busy(choice, load_before) or busy(choice, load_after, own_threads=threads):
+        was_busy = busy(choice, load_before) or busy(choice, load_after, own_threads=threads)
+        if was_busy:
             notes.append(f"the machine was busy while timing (load average {load_before} before, "
                          f"{load_after} after, on {usable_cores()} cores): CPU figures are slower and "
                          "noisier than on an idle machine, torch's the most (its OpenMP threads wait for each other)")
@@ -155,5 +156,5 @@ def run_bench(config: BenchConfig, log: Log) -> BenchResult:
         timing_kinds={k: v for k, v in TIMING_KINDS.items() if any(k in r.timings for r in rows)},
         rows=rows,
         notes=notes,
-        environment=environment(gpu, threads, load_before, load_after),
+        environment={**environment(gpu, threads, load_before, load_after), "busy": was_busy},
     )
