@@ -606,3 +606,23 @@ def test_a_busy_bench_reports_its_speed_targets_as_unreliable(bench_runs_dir: Pa
     assert report["environment"]["busy"] is True and report["targets"]
     assert all(t["status"] == "unreliable" and not t["met"] for t in report["targets"])
     assert "UNRELIABLE" in result.stdout and "| met |" not in (tmp_path / "bench.md").read_text()
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_last_epochs_checkpoint(tiny_cifar: Any, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    from rtk import train as train_stage
+
+    real, calls = torch.optim.SGD.step, {"n": 0}
+
+    def twice(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 8:  # inside step 8 of 10; the epoch of steps 1-6 is saved
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", twice)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage.train(_cfg(tmp_path), show_progress=False)
+    saved = checkpoint.read(tmp_path / "run" / "checkpoint.pt")
+    assert saved["train_state"]["step"] == 6 and "interrupted" not in saved["metrics"]
