@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -404,6 +405,9 @@ def test_results_to_a_full_device_or_a_closed_pipe(tmp_path: Path):
     (["info", "/nonexistent/model.onnx"], 1),  # an error of the input
 ])
 def test_exit_codes(args: list[str], code: int):
+    from rtk.errors import EXIT_CANNOT_RUN, MissingDependency
+
+    assert click.UsageError.exit_code == MissingDependency.exit_code == EXIT_CANNOT_RUN  # one meaning of 2
     result = run(*args)
     assert isinstance(result.exception, SystemExit) and result.exit_code == code, result.output
 

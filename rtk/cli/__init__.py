@@ -14,13 +14,12 @@ from typing import Any
 import click
 
 from rtk import __version__
-from rtk.errors import EXIT_CANNOT_RUN, EXIT_ERROR, RtkError
+from rtk.errors import EXIT_ERROR, RtkError
 from rtk.signals import Terminated, sigterm_raises
 
 # The exit codes (README, "What rtk promises"): 0 done; EXIT_ERROR (1) an RtkError, or an OSError of
-# the environment, or (silently) a closed stdout pipe; EXIT_CANNOT_RUN (2) a usage error or a missing
-# optional package or device; 128 + N stopped by signal N, as a shell reports it.
-assert click.UsageError.exit_code == EXIT_CANNOT_RUN
+# the environment, or (silently) a closed stdout pipe; EXIT_CANNOT_RUN (2) a usage error (click's own
+# code) or a missing optional package or device; 128 + N stopped by signal N, as a shell reports it.
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 
