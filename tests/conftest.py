@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import struct
+import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +227,26 @@ def _no_download_from_the_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing downloads at test time: a test that reaches rtk.data.ensure_data's download without
     a local server of its own fails at once against a closed port on 127.0.0.1."""
     monkeypatch.setenv("RTK_CIFAR_URL", "http://127.0.0.1:9/no-downloads-in-tests")
+
+
+def run(*args: object) -> Any:
+    """`rtk ARGS` in this process through click's CliRunner (a click.testing.Result)."""
+    from click.testing import CliRunner
+
+    from rtk.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def fails_cleanly(result: Any, match: str, code: int = 1) -> str:
+    """The one `error:` line of a command that failed as rtk promises (the documented exit code, no
+    traceback); returns it."""
+    assert isinstance(result.exception, SystemExit), "".join(
+        traceback.format_exception(result.exception)) if result.exception else result.output
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(match, errors[0]), result.stderr
+    return errors[0]
+
+
