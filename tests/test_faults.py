@@ -8,8 +8,8 @@ Injections, and why they are realistic:
 - read-only location: os.open / os.mkdir / open() / os.replace raise OSError(EROFS) for paths
   under the location. Tests run as root, for whom chmod-ing a folder read-only changes nothing;
   the first call that fails on a real read-only mount is the same (creating the temporary).
-- interruptions: SIGINT and SIGTERM sent by a test-only hook at a chosen training step, in a
-  subprocess, so the real signal handling runs.
+- interruptions: real SIGINT and SIGTERM, sent at a chosen call of training (tests/faults_signals.py,
+  run in an interpreter of its own) and to a real `rtk train` process.
 Every command is run in process through click's CliRunner (fast: torch is imported once); a
 command fails "cleanly" when it exits with the documented code, prints exactly one `error: ...`
 line and no traceback, and leaves nothing half-written.
