@@ -92,10 +92,10 @@ def save(
     return Path(path)
 
 
-# torch's restricted unpickler names what it refused on one line of its error:
-# "WeightsUnpickler error: Unsupported global: GLOBAL argparse.Namespace was not an allowed global ...".
-_REFUSED = re.compile(r"WeightsUnpickler error: (.*)")
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# torch's restricted unpickler starts every refusal with "Weights only load failed" and names what
+# it refused on a later line: "Unsupported global: GLOBAL argparse.Namespace was not an allowed
+# global ..." or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
@@ -108,14 +108,14 @@ def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") ->
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = _REFUSED.search(str(exc))
-        found = _REFUSED_GLOBAL.search(refused.group(1)) if refused else None
-        if found:
-            raise RtkError(f"{path} contains pickled code or Python objects ({found.group(1)}) that rtk does "
+        if str(exc).startswith("Weights only load failed"):  # never repeat torch's advice to turn it off
+            found = _REFUSED_GLOBAL.search(str(exc))
+            raise RtkError(f"{path} contains pickled code or Python objects "
+                           f"({found.group(1) if found else 'not tensors or plain data'}) that rtk does "
                            f"not load: it reads only tensors, numbers, strings and containers of them, so "
                            f"nothing in a file runs; save the weights alone where the file was made, "
                            f"torch.save(model.state_dict(), PATH), and use that file") from exc
-        reason = refused.group(1) if refused else str(exc)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RtkError(f"{path} is not a readable {what} (corrupt or truncated?): {reason}") from exc
     except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
