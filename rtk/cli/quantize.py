@@ -138,6 +138,7 @@ def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rtk.report import TABLE_WIDTH
     from rtk.stats import brief
 
     folders = sorted({str(path.parent) for path, *_ in rows})
@@ -152,5 +153,6 @@ def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
                  [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}", brief(figures.get("evidence")),
                   f"{figures['top1_agreement_pct']:.2f}%"])
         table.add_row(path.name, method or "-", *cells, "yes" if written else "no", style=None if written else "red")
-    Console().print(table)
+    # Piped output is 80 columns wide, which squeezed the model column to one letter a line.
+    Console(width=max(Console().width, TABLE_WIDTH)).print(table)
 
