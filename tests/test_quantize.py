@@ -460,3 +460,22 @@ def test_max_validation_drop_leaves_convs_out_only_while_the_budget_needs_it(fp3
     monkeypatch.setattr(data, "split_indices", lambda *a, **k: (split(*a, **k)[0], split(*a, **k)[1][:500]))
     with pytest.raises(RtkError, match="no mix of INT8 and float Convs"):
         quantized(fp32_onnx, tmp_path / "impossible", "cpu", max_validation_drop=-50.0)
+
+
+def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_they_are(tmp_path, cifar_dir,
+                                                                                       monkeypatch):
+    """calib/ describes what rtk writes from it: a stale record there (another sha256 of the INT8 file,
+    fields rtk has since added) made every `rtk bench --precision int8` rewrite it and dirty the checkout."""
+    import shutil
+
+    from conftest import run
+
+    calib = tmp_path / "calib"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "calib", calib)
+    before = {path.name: path.read_bytes() for path in calib.glob("*.json")}
+    monkeypatch.setenv("RTK_DATA_DIR", str(cifar_dir.resolve()))
+    monkeypatch.chdir(tmp_path)  # as in a checkout: the INT8 file records the manifest's path, calib/...
+    result = run("quantize", "--depth", 20, "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "reusing the calibration in" in result.stderr
+    assert {path.name: path.read_bytes() for path in calib.glob("*.json")} == before
