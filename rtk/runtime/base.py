@@ -119,8 +119,9 @@ class Runner(ABC):
         return None
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """{"logits": float32 [N, 10]} for {"input": float32 [N, 3, 32, 32]}; RtkError when the
-        runner is not active (closed) or the backend fails."""
+        """{"logits": float32 [N, 10], and any other output the graph has (rtk.compare's copies)} for
+        {"input": float32 [N, 3, 32, 32]}; RtkError when the runner is not active (closed) or the
+        backend fails."""
         self.require_active()
         try:
             result = self._infer(feed)
