@@ -75,6 +75,18 @@ def paired(correct: np.ndarray, reference_correct: np.ndarray) -> Paired:
                   ci95_pct=(100 * (delta - half), 100 * (delta + half)), p_value=mcnemar_p(fixed, broken))
 
 
+def kl_divergence(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(softmax(reference) || softmax(logits)) over the images (rows) of [N, classes]: how far
+    a model's outputs are from the reference's, a continuous measure where counting flipped images
+    depends on which few images sit on a decision boundary."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64) - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    log_p, log_q = log_softmax(reference), log_softmax(logits)
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
+
+
 def format_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
 

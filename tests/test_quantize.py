@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
 from test_export import make_checkpoint
 
-from rtk import data, export, quantize
+from rtk import data, export, quantize, stats
 from rtk.cli import main
 from rtk.errors import RtkError
 from rtk.fileio import sha256_file
@@ -267,6 +267,10 @@ def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_on
     assert evidence["images"] == 2000 and evidence["delta_pct"] == pytest.approx(figures["delta_pct"], abs=1e-3)
     assert (evidence["fixed"] - evidence["broken"]) / 20 == pytest.approx(figures["delta_pct"], abs=1e-3)
     assert 0 <= evidence["p_value"] <= 1
+    int8, fp32 = validation.logits(out, images), validation.logits(fp32_onnx, images)
+    assert figures["kl_to_reference"] > 0 and figures["logit_mse"] > 0  # INT8 is not FP32
+    assert figures["kl_to_reference"] == pytest.approx(stats.kl_divergence(fp32, int8), abs=1e-6)
+    assert figures["logit_mse"] == pytest.approx(float(np.mean((int8 - fp32) ** 2)), abs=1e-6)
     assert figures == {**validation.validate(out, fp32_onnx, images, labels),
                        "model": out.name, "reference": fp32_onnx.name, "max_drop_pct": 100.0}
 
@@ -357,7 +361,7 @@ def test_cli_reports_a_refused_model_and_goes_on(fp32_onnx, tmp_path, monkeypatc
     def quantize_int8(onnx_path, out, *, target, method, **options):
         if method == "entropy":
             raise quantize.AccuracyDropError(f"{out.name} loses 2.19 points", {
-                "accuracy_pct": 90.02, "delta_pct": -2.19, "top1_agreement_pct": 94.75})
+                "accuracy_pct": 90.02, "delta_pct": -2.19, "top1_agreement_pct": 94.75, "kl_to_reference": 0.02131})
         out.write_bytes(b"written")
         return out
 
@@ -369,7 +373,7 @@ def test_cli_reports_a_refused_model_and_goes_on(fp32_onnx, tmp_path, monkeypatc
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == \
         "error: not written, too much accuracy lost against FP32: model.int8.cpu.entropy.onnx"
-    assert "90.02%" in result.output and "-2.19" in result.output
+    assert "90.02%" in result.output and "-2.19" in result.output and "0.02131" in result.output  # KL column
     assert (tmp_path / "model.int8.cpu.minmax.onnx").is_file()
     assert (tmp_path / "model.int8.cpu.percentile.onnx").is_file()
 

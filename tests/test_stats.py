@@ -44,3 +44,13 @@ def test_paired_counts_the_discordant_images_and_brackets_the_difference():
     assert (same.fixed, same.broken, same.p_value, same.ci95_pct) == (0, 0, 1.0, (0.0, 0.0))
     with pytest.raises(ValueError):
         stats.paired(model[:10], reference)
+
+
+def test_kl_divergence_of_softmax_outputs():
+    reference = np.array([[2.0, 0.0], [0.0, 0.0]])
+    assert stats.kl_divergence(reference, reference) == 0.0
+    assert stats.kl_divergence(reference, reference + 5.0) == pytest.approx(0.0, abs=1e-12)  # softmax ignores shifts
+    p = np.exp(2.0) / (np.exp(2.0) + 1)  # row 0 against a uniform prediction; row 1 is uniform in both
+    expected = (p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)) / 2
+    assert stats.kl_divergence(reference, np.zeros((2, 2))) == pytest.approx(expected, rel=1e-12)
+    assert stats.kl_divergence(np.zeros((2, 2)), reference) != pytest.approx(expected)  # not symmetric

@@ -145,13 +145,14 @@ def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
     table = Table(title=f"{', '.join(folders)} (test set, onnxruntime CPU)")
     table.add_column("model", overflow="fold")
     table.add_column("method", no_wrap=True)
-    for column in ("accuracy", "vs FP32", "fixed/broken, p", "agreement"):
+    for column in ("accuracy", "vs FP32", "fixed/broken, p", "agreement", "KL to FP32"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("written", no_wrap=True)
     for path, method, figures, written in rows:
-        cells = (["-", "-", "-", "-"] if figures is None else
+        cells = (["-"] * 5 if figures is None else
                  [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}", brief(figures.get("evidence")),
-                  f"{figures['top1_agreement_pct']:.2f}%"])
+                  f"{figures['top1_agreement_pct']:.2f}%",
+                  f"{figures['kl_to_reference']:.5f}"])
         table.add_row(path.name, method or "-", *cells, "yes" if written else "no", style=None if written else "red")
     # Piped output is 80 columns wide, which squeezed the model column to one letter a line.
     Console(width=max(Console().width, TABLE_WIDTH)).print(table)

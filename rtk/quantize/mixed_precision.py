@@ -32,19 +32,9 @@ from rtk.quantize.calibration import SPLIT
 from rtk.quantize.metadata import fp32_metadata
 from rtk.quantize.qdq import conv_macs, int8_mac_share
 from rtk.quantize.validation import logits
-from rtk.stats import paired
+from rtk.stats import kl_divergence, paired
 
 SELECTION_FORMAT = "rtk.mixed_precision/1"
-
-
-def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
-    """Mean KL(softmax(reference) || softmax(logits)) over the images (rows) of [N, classes]."""
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64) - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-    log_p, log_q = log_softmax(reference), log_softmax(logits)
-    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
 
 
 def choose_float_convs(onnx_path: str | os.PathLike[str], quantize_to: Callable[[Path, list[str]], Any], *,
@@ -81,9 +71,9 @@ def choose_float_convs(onnx_path: str | os.PathLike[str], quantize_to: Callable[
         log(f"mixed precision: all {len(macs)} Convs INT8: {_line(steps[-1])} on the validation split")
         sensitivity: dict[str, float] = {}
         if -steps[-1]["validation"]["delta_pct"] > max_drop:
-            full_kl = _kl(reference[probe], measure([], probe))
+            full_kl = kl_divergence(reference[probe], measure([], probe))
             for name in macs:
-                sensitivity[name] = full_kl - _kl(reference[probe], measure([name], probe))
+                sensitivity[name] = full_kl - kl_divergence(reference[probe], measure([name], probe))
                 log(f"mixed precision: {name} float: KL to FP32 {full_kl:.5f} -> {full_kl - sensitivity[name]:.5f}")
             order = sorted(macs, key=lambda name: (-sensitivity[name], macs[name]))
             exclude: list[str] = []

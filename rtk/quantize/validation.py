@@ -56,7 +56,8 @@ def validate_into(model_path: Path, out: Path, reference: Path, precision: str,
     limit = MAX_ACCURACY_DROP[precision] if max_drop is None else max_drop
     log(f"{out.name}: test accuracy {report['accuracy_pct']:.2f}% (FP32 "
         f"{report['reference_accuracy_pct']:.2f}%, {stats.Paired(**report['evidence']).summary()}), top-1 "
-        f"agreement {report['top1_agreement_pct']:.2f}% on {report['test_images']} images")
+        f"agreement {report['top1_agreement_pct']:.2f}%, KL to FP32 {report['kl_to_reference']:.5f} on "
+        f"{report['test_images']} images")
     report["max_drop_pct"] = limit
     if report["delta_pct"] < -limit:
         raise AccuracyDropError(f"{out.name} loses {-report['delta_pct']:.2f} points of test accuracy "
@@ -69,7 +70,8 @@ def validate(model_path: str | os.PathLike[str], reference_path: str | os.PathLi
     """Accuracy of a model and of its FP32 reference on `images` (uint8 [N, 32, 32, 3]), with
     onnxruntime on the CPU, each preprocessed as its metadata says (the reference's, copied)."""
     fp32_metadata(Path(reference_path))
-    predictions = [_predict(path, images) for path in (model_path, reference_path)]
+    outputs = [logits(path, images) for path in (model_path, reference_path)]  # float32 [N, 10] each
+    predictions = [output.argmax(axis=1) for output in outputs]
     correct = [prediction == labels for prediction in predictions]
     accuracy, reference_accuracy = (100.0 * float(np.mean(c)) for c in correct)
     return {
@@ -81,13 +83,14 @@ def validate(model_path: str | os.PathLike[str], reference_path: str | os.PathLi
         "top1_agreement_pct": round(100.0 * float(np.mean(predictions[0] == predictions[1])), 4),
         # the images behind delta_pct: fixed / broken against FP32, 95% interval, exact McNemar p
         "evidence": stats.paired(correct[0], correct[1]).as_dict(),
+        # How far the outputs are from FP32's over all images, not only the few near a decision
+        # boundary that agreement and delta_pct count: two INT8 models of one network that differ
+        # here differ in quantization error; two that differ only in agreement may not
+        # (docs/quantization.md, the error budget).
+        "kl_to_reference": round(stats.kl_divergence(outputs[1], outputs[0]), 6),
+        "logit_mse": round(float(np.mean((outputs[0] - outputs[1]) ** 2)), 6),
         "runtime": f"onnxruntime {onnxruntime_version()} CPUExecutionProvider",
     }
-
-
-def _predict(model_path: str | os.PathLike[str], images: np.ndarray) -> np.ndarray:
-    """Top-1 class per image."""
-    return logits(model_path, images).argmax(axis=1)
 
 
 def logits(model_path: str | os.PathLike[str], images: np.ndarray) -> np.ndarray:
