@@ -378,9 +378,12 @@ def test_gpu_extras_keep_one_cuda_major_and_a_cuda_python_with_bindings_runtime(
     """pyproject.toml: one GPU extra per CUDA major, so pip cannot mix a CUDA 12 TensorRT with
     cuda-python 13 (which needs a CUDA 13 driver); cuda.bindings.runtime ships from cuda-python
     12.6.1 on, so no extra may allow an older one."""
-    import tomllib
     from packaging.requirements import Requirement
 
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli, tomllib's origin
+        import tomli as tomllib
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for major in ("12", "13"):
         requirements = {r.name: r for r in map(Requirement, extras[f"gpu-cu{major}"])}
