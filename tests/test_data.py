@@ -9,6 +9,9 @@ import io
 import json
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -290,6 +293,28 @@ def test_failed_download_leaves_nothing(fake_archive: bytes, tmp_path: Path, pat
             pytest.raises(RtkError, match=message):
         data.download(base + path, dest, md5 or hashlib.md5(fake_archive).hexdigest())
     assert list(dest.iterdir()) == []
+
+
+def test_download_removes_the_temporary_folders_of_killed_processes(fake_archive: bytes, tmp_path: Path) -> None:
+    """SIGKILL runs no clean-up: the next download removes what such a process left, and keeps the
+    folder of a process still running (another DDP rank) and folders rtk cannot tell are its own."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    owners = {".rtk-download-killed": gone.stdout.strip(), ".rtk-extract-killed": gone.stdout.strip(),
+              ".rtk-download-running": str(os.getpid())}
+    for name, pid in owners.items():
+        (dest / name).mkdir()
+        (dest / name / data.OWNER_FILE).write_text(f"{socket.gethostname()} {pid}\n")
+        (dest / name / "cifar-10-python.tar.gz").write_bytes(b"half an archive")
+    (dest / ".rtk-download-other-host").mkdir()
+    (dest / ".rtk-download-other-host" / data.OWNER_FILE).write_text(f"elsewhere {gone.stdout.strip()}\n")
+    (dest / ".rtk-download-no-owner").mkdir()
+    with _serve({"/cifar.tar.gz": fake_archive}) as base:
+        data.download(f"{base}/cifar.tar.gz", dest, hashlib.md5(fake_archive).hexdigest())
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".rtk-download-no-owner", ".rtk-download-other-host", ".rtk-download-running", data.FOLDER_NAME]
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
