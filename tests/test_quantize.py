@@ -8,10 +8,12 @@ still has an identity-shortcut block and two Slice+Pad shortcuts, and it quantiz
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
@@ -21,7 +23,7 @@ from rtk import data, export, quantize, stats
 from rtk.cli import main
 from rtk.errors import RtkError
 from rtk.fileio import sha256_file
-from rtk.onnx_meta import decode_metadata
+from rtk.onnx_meta import decode_metadata, read_metadata
 from rtk.preprocess import normalize_uint8_nhwc
 from rtk.quantize import calibration, validation
 from rtk.quantize.qdq import FLAVOURS, activation_quantization, conv_macs
@@ -483,3 +485,53 @@ def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_t
     assert result.exit_code == 0, result.output
     assert "reusing the calibration in" in result.stderr
     assert {path.name: path.read_bytes() for path in calib.glob("*.json")} == before
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/int8_error_budget.py: the graph edits behind docs/quantization.md's error budget
+
+
+def error_budget_script():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import int8_error_budget
+    finally:
+        sys.path.pop(0)
+    return int8_error_budget
+
+
+def test_error_budget_edits(fp32_onnx, tmp_path, cifar10):
+    script = error_budget_script()
+    out, model = quantized(fp32_onnx, tmp_path, "tensorrt")
+    groups = script.activation_groups(model)
+    # ResNet-8: the image; one ReLU inside each of the 3 blocks; the stem ReLU, the outputs of the
+    # first two blocks (the third goes to the pooling, unquantized) and the two downsampled shortcuts
+    assert groups["input"] == {"input"} and len(groups["mid"]) == 3
+    assert len(groups["stream"]) == 5 and {op_of(graph_facts(model)[0], t) for t in groups["stream"]} == {"Relu", "Pad"}
+
+    script.without_activation_qdq(out, tmp_path / "weights-only.onnx", set().union(*groups.values()))
+    weights_only = onnx.load(tmp_path / "weights-only.onnx")
+    weights = {init.name for init in weights_only.graph.initializer}
+    assert all(node.input[0] in weights for node in weights_only.graph.node if node.op_type == "QuantizeLinear")
+    assert sum(node.op_type == "DequantizeLinear" for node in weights_only.graph.node) == 7  # the 7 Convs' weights
+
+    script.shortcuts_float(out, tmp_path / "shortcuts-float.onnx")
+    producer, _, _ = graph_facts(onnx.load(tmp_path / "shortcuts-float.onnx"))
+    edited = onnx.load(tmp_path / "shortcuts-float.onnx").graph.node
+    assert all(op_of(producer, name) != "DequantizeLinear" for node in edited if node.op_type == "Add" for name in node.input)
+    assert all(op_of(producer, node.input[0]) == "DequantizeLinear" for node in edited if node.op_type == "Conv")
+
+    images = normalize_uint8_nhwc(cifar10.train_images[:128], read_metadata(fp32_onnx)["normalization"])
+    script.bias_corrected(fp32_onnx, out, tmp_path / "corrected.onnx", images)
+    convs = [node.output[0] for node in model.graph.node if node.op_type == "Conv"]
+
+    def channel_means(path):  # {conv output: [C]} over the images and positions
+        probe = onnx.load(path)
+        probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in convs)
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        return dict(zip(convs, (o.mean(axis=(0, 2, 3)) for o in session.run(convs, {"input": images}))))
+
+    fp32, before, after = (channel_means(p) for p in (fp32_onnx, out, tmp_path / "corrected.onnx"))
+    # every Conv's output channels, measured on the model corrected up to it, now average FP32's
+    error_after, error_before = (max(np.abs(m[t] - fp32[t]).max() for t in convs) for m in (after, before))
+    assert error_after < error_before / 20
