@@ -13,19 +13,14 @@ Only numpy is imported: stages that only read images (quantize, bench) do not pa
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import http.client
 import os
 import pickle
-import shutil
-import socket
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from rtk.errors import RtkError
+from rtk.fileio import owned_temp_dir
 from rtk.log import Log, info
 from rtk.preprocess import CLASSES
 
@@ -176,7 +172,7 @@ def _extract(archive: Path, folder: Path) -> Path:
     wanted = [*required, f"{FOLDER_NAME}/{META_FILE}"]
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with _owned_temp_dir(".rtk-extract-", folder.parent) as tmp:
+        with owned_temp_dir(".rtk-extract-", folder.parent) as tmp:
             with tarfile.open(archive, "r:*") as tar:
                 members = {m.name: m for m in tar.getmembers() if m.isfile() and m.name in wanted}
                 missing = [name for name in required if name not in members]
@@ -293,7 +289,7 @@ def download(url: str = OFFICIAL_URL, dest: str | os.PathLike[str] | None = None
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RtkError(f"cannot create {dest}: {exc.strerror or exc}") from exc
-    with _owned_temp_dir(".rtk-download-", dest) as tmp:
+    with owned_temp_dir(".rtk-download-", dest) as tmp:
         archive = tmp / "cifar-10-python.tar.gz"
         digest = _fetch(url, archive)
         if digest != md5.lower():
@@ -302,46 +298,6 @@ def download(url: str = OFFICIAL_URL, dest: str | os.PathLike[str] | None = None
         log(f"md5 ok ({digest}); extracting into {folder}")
         _extract(archive, folder)
     return folder
-
-
-TEMP_PREFIXES = (".rtk-download-", ".rtk-extract-")
-OWNER_FILE = ".owner"  # "<host> <pid>" of the process a temporary folder belongs to
-
-
-@contextlib.contextmanager
-def _owned_temp_dir(prefix: str, parent: Path) -> Iterator[Path]:
-    """A temporary folder in `parent`, removed on exit, that names its process: one a killed process
-    left behind (SIGKILL or a power cut, where no clean-up runs) is removed by the next download or
-    extraction into `parent`, while one a live process (another DDP rank) is filling is kept."""
-    _remove_abandoned(parent)
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
-        (Path(tmp) / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-        yield Path(tmp)
-
-
-def _remove_abandoned(parent: Path) -> None:
-    """Remove rtk's temporary folders in `parent` whose process, on this host, is gone. A folder
-    with no readable owner (being created, or not rtk's) or of another host is left alone."""
-    for path in parent.glob(".rtk-*"):
-        if not path.name.startswith(TEMP_PREFIXES) or not path.is_dir():
-            continue
-        try:
-            host, pid = (path / OWNER_FILE).read_text().split()
-            alive = _process_alive(int(pid))
-        except (OSError, ValueError):
-            continue
-        if host == socket.gethostname() and not alive:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, another user's
-    return True
 
 
 def _fetch(url: str, path: Path) -> str:

@@ -9,6 +9,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -128,6 +129,32 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
         os.close(fd)
+
+
+LOCK_NAME = ".lock"  # in an owned_temp_dir: the file its process holds the flock of
+
+
+@contextlib.contextmanager
+def owned_temp_dir(prefix: str, parent: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder `<prefix><random>` in `parent`, removed on exit, that holds a locked file
+    while its process lives (the flock of TEMP_SUFFIX's temporaries). SIGKILL or a power cut runs no
+    clean-up, so each call first removes the folders of its prefix in `parent` whose lock nobody
+    holds; a live process's folder (another DDP rank's) is kept, and so is one with no lock file
+    (being created, or not rtk's)."""
+    parent = Path(parent)
+    for folder in parent.glob(f"{glob.escape(prefix)}*"):
+        lock = folder / LOCK_NAME
+        if folder.is_dir() and lock.is_file() and not _is_held(lock):
+            shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
+        # locked under another name first: a sweep never sees LOCK_NAME unheld in a live folder
+        fd, locked = tempfile.mkstemp(dir=tmp)
+        try:
+            _lock(fd)
+            os.replace(locked, Path(tmp) / LOCK_NAME)
+            yield Path(tmp)
+        finally:
+            os.close(fd)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

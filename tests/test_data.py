@@ -9,7 +9,7 @@ import io
 import json
 import os
 import pickle
-import socket
+import signal
 import subprocess
 import sys
 import tarfile
@@ -27,6 +27,7 @@ from conftest import FAKE_IMAGES_PER_BATCH, dump_py2, write_batch, write_fake_ci
 from rtk import augment, data
 from rtk.cli import main
 from rtk.errors import RtkError
+from rtk.fileio import owned_temp_dir
 from rtk.preprocess import normalize_uint8_nhwc
 
 # ---------------------------------------------------------------------------------------------
@@ -296,25 +297,23 @@ def test_failed_download_leaves_nothing(fake_archive: bytes, tmp_path: Path, pat
 
 
 def test_download_removes_the_temporary_folders_of_killed_processes(fake_archive: bytes, tmp_path: Path) -> None:
-    """SIGKILL runs no clean-up: the next download removes what such a process left, and keeps the
-    folder of a process still running (another DDP rank) and folders rtk cannot tell are its own."""
+    """SIGKILL runs no clean-up: the next download removes the folders such processes left, and
+    keeps the folder of a process still running (another DDP rank) and one with no lock file."""
     dest = tmp_path / "dest"
     dest.mkdir()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
-    owners = {".rtk-download-killed": gone.stdout.strip(), ".rtk-extract-killed": gone.stdout.strip(),
-              ".rtk-download-running": str(os.getpid())}
-    for name, pid in owners.items():
-        (dest / name).mkdir()
-        (dest / name / data.OWNER_FILE).write_text(f"{socket.gethostname()} {pid}\n")
-        (dest / name / "cifar-10-python.tar.gz").write_bytes(b"half an archive")
-    (dest / ".rtk-download-other-host").mkdir()
-    (dest / ".rtk-download-other-host" / data.OWNER_FILE).write_text(f"elsewhere {gone.stdout.strip()}\n")
-    (dest / ".rtk-download-no-owner").mkdir()
-    with _serve({"/cifar.tar.gz": fake_archive}) as base:
+    for prefix in (".rtk-download-", ".rtk-extract-"):  # a download killed while fetching, one while extracting
+        killed = subprocess.run([sys.executable, "-c", (
+            "import os, signal, sys\n"
+            "from rtk.fileio import owned_temp_dir\n"
+            f"with owned_temp_dir({prefix!r}, sys.argv[1]) as tmp:\n"
+            "    (tmp / 'cifar-10-python.tar.gz').write_bytes(b'half an archive')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"), str(dest)], check=False)
+        assert killed.returncode == -signal.SIGKILL
+    (dest / ".rtk-download-no-lock").mkdir()
+    assert len(list(dest.iterdir())) == 3
+    with owned_temp_dir(".rtk-download-", dest) as running, _serve({"/cifar.tar.gz": fake_archive}) as base:
         data.download(f"{base}/cifar.tar.gz", dest, hashlib.md5(fake_archive).hexdigest())
-    assert sorted(p.name for p in dest.iterdir()) == [
-        ".rtk-download-no-owner", ".rtk-download-other-host", ".rtk-download-running", data.FOLDER_NAME]
+        assert sorted(p.name for p in dest.iterdir()) == sorted([".rtk-download-no-lock", running.name, data.FOLDER_NAME])
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
