@@ -1,5 +1,6 @@
 """Validation of a written model against its FP32 reference on the 10,000 test images: accuracy,
-the difference in points, top-1 agreement; stored beside the model as `<model>.json`
+the difference in points with its paired evidence, top-1 agreement, the KL divergence and logit
+MSE against FP32; stored beside the model as `<model>.json`
 ("rtk.validation/1"), and a model that loses more than MAX_ACCURACY_DROP points is refused.
 """
 
