@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from rtk import data, stats
+from rtk.fileio import write_text_atomic
 from rtk.onnx_meta import read_metadata
 from rtk.preprocess import normalize_uint8_nhwc
 from rtk.quantize import quantize_int8
@@ -225,8 +226,7 @@ def main() -> None:
               "groups": {group: sorted(tensors) for group, tensors in groups.items()},
               "second_float_conv_validation_kl": kl_with, "seconds": round(time.perf_counter() - start),
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 
