@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import re
 import struct
 import traceback
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -250,3 +252,11 @@ def fails_cleanly(result: Any, match: str, code: int = 1) -> str:
     return errors[0]
 
 
+def import_script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module, for testing its functions (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_fake_engine
+from conftest import import_script, write_fake_engine
 from test_cpp import tiny_rtk_onnx
 from trt_standin import OTHER_GPU_CACHE, PLAN, forget_cached_tensorrt, make_tensorrt
 
@@ -554,11 +554,7 @@ def test_gpu_check_script_says_in_one_line_that_tensorrt_is_missing(tmp_path):
 def test_gpu_check_script_help_and_comparison():
     result = run_gpu_check("--help")
     assert result.returncode == 0 and "--precision" in result.stdout and "top-1 agreement" in result.stdout
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gpu_check_tensorrt as script
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    script = import_script("gpu_check_tensorrt")
     args = script.parse_args(["--precision", "int8", "fp32", "--num-images", "100"])
     assert args.precision == ["int8", "fp32"] and args.num_images == 100
     rng = np.random.default_rng(0)
@@ -576,11 +572,7 @@ def test_gpu_check_script_help_and_comparison():
 def test_gpu_check_polygraphy_comparison_is_a_command_polygraphy_accepts(tmp_path):
     """The `polygraphy run --trt --onnxrt` the script runs: its flags, and (without --trt, which
     needs TensorRT) Polygraphy's CLI taking them and the saved real-image inputs on the ONNX file."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gpu_check_tensorrt as script
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    script = import_script("gpu_check_tensorrt")
     onnx_path = tiny_rtk_onnx(tmp_path / "model.int8.tensorrt.onnx", precision="int8")
     test_images = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
     inputs_json, batch = script.save_polygraphy_inputs(test_images, tmp_path / "inputs.json")

@@ -8,7 +8,6 @@ still has an identity-shortcut block and two Slice+Pad shortcuts, and it quantiz
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from conftest import import_script
 from onnx import TensorProto, numpy_helper
 from test_export import make_checkpoint
 
@@ -491,17 +491,8 @@ def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_t
 # scripts/int8_error_budget.py: the graph edits behind docs/quantization.md's error budget
 
 
-def error_budget_script():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        import int8_error_budget
-    finally:
-        sys.path.pop(0)
-    return int8_error_budget
-
-
 def test_error_budget_edits(fp32_onnx, tmp_path, cifar10):
-    script = error_budget_script()
+    script = import_script("int8_error_budget")
     out, model = quantized(fp32_onnx, tmp_path, "tensorrt")
     groups = script.activation_groups(model)
     # ResNet-8: the image; one ReLU inside each of the 3 blocks; the stem ReLU, the outputs of the
