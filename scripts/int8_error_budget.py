@@ -93,9 +93,7 @@ def without_activation_qdq(path: Path, out: Path, tensors: set[str]) -> None:
     for node in graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = rename.get(name, name)
-    used = {name for node in graph.node for name in node.input}
-    for init in [init for init in graph.initializer if init.name not in used]:
-        graph.initializer.remove(init)
+    _prune(model)
     onnx.save(model, out)
 
 
@@ -110,17 +108,23 @@ def shortcuts_float(path: Path, out: Path) -> None:
             dq = producer.get(name)
             if dq is not None and dq.op_type == "DequantizeLinear":
                 add.input[i] = producer[dq.input[0]].input[0]  # Q's input
-    while True:  # the Q/DQ pairs nothing reads any more (the downsampled shortcuts')
-        used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-        dead = [node for node in model.graph.node if not set(node.output) & used]
+    _prune(model)  # the Q/DQ pairs nothing reads any more (the downsampled shortcuts')
+    onnx.save(model, out)
+
+
+def _prune(model) -> None:
+    """Remove the nodes whose outputs nothing reads, then the initializers no node reads."""
+    graph = model.graph
+    while True:
+        used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+        dead = [node for node in graph.node if not set(node.output) & used]
         if not dead:
             break
         for node in dead:
-            model.graph.node.remove(node)
-    used = {name for node in model.graph.node for name in node.input}
-    for init in [init for init in model.graph.initializer if init.name not in used]:
-        model.graph.initializer.remove(init)
-    onnx.save(model, out)
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
 
 
 def bias_corrected(fp32: Path, path: Path, out: Path, images: np.ndarray) -> None:
