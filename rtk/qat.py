@@ -168,6 +168,20 @@ def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) 
     return 100.0 * float(np.mean(pred.numpy() == labels))
 
 
+def training_split(ckpt: dict[str, Any], data_dir: str | os.PathLike[str] | None = None) -> tuple[
+        dict[str, int], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, np.ndarray]]:
+    """(split, (train images, labels), (validation images, labels)) of the CIFAR-10 training set, by
+    the split the checkpoint `ckpt` was trained with (rtk train's default where it records none):
+    images uint8 [N, 3, 32, 32] tensors, training labels int64, validation labels numpy."""
+    torch = require("torch")
+    split = ckpt.get("split") or {"seed": 0, "val_size": 5000}
+    cifar = data.load_cifar10(data_dir)
+    train_idx, val_idx = data.split_indices(len(cifar.train_labels), split["val_size"], split["seed"])
+    nchw = torch.from_numpy(np.ascontiguousarray(cifar.train_images.transpose(0, 3, 1, 2)))  # uint8 [50000, 3, 32, 32]
+    return (split, (nchw[train_idx], torch.from_numpy(cifar.train_labels[train_idx]).long()),
+            (nchw[val_idx], cifar.train_labels[val_idx]))
+
+
 def finetune(checkpoint: str | os.PathLike[str], qdq_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
              epochs: int, data_dir: str | os.PathLike[str] | None = None, lr: float = LR, seed: int = 0,
              limit_batches: int | None = None, log: Log = info) -> Path:
@@ -177,12 +191,7 @@ def finetune(checkpoint: str | os.PathLike[str], qdq_path: str | os.PathLike[str
     if epochs < 1:
         raise RtkError(f"QAT needs at least one epoch, got {epochs}")
     model, ckpt = checkpoints.load(checkpoint)
-    split = ckpt.get("split") or {"seed": 0, "val_size": 5000}
-    cifar = data.load_cifar10(data_dir)
-    train_idx, val_idx = data.split_indices(len(cifar.train_labels), split["val_size"], split["seed"])
-    nchw = torch.from_numpy(np.ascontiguousarray(cifar.train_images.transpose(0, 3, 1, 2)))  # uint8 [50000, 3, 32, 32]
-    train_x, train_y = nchw[train_idx], torch.from_numpy(cifar.train_labels[train_idx]).long()
-    val_x, val_y = nchw[val_idx], cifar.train_labels[val_idx]
+    split, (train_x, train_y), (val_x, val_y) = training_split(ckpt, data_dir)
 
     fold_batchnorm(model)
     handles = attach(model, *qdq_scales(qdq_path))
@@ -191,18 +200,18 @@ def finetune(checkpoint: str | os.PathLike[str], qdq_path: str | os.PathLike[str
     rest = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0}],
                                 lr=lr, momentum=MOMENTUM, nesterov=True)
-    steps_per_epoch = min(len(train_idx) // BATCH, limit_batches or len(train_idx))
+    steps_per_epoch = min(len(train_x) // BATCH, limit_batches or len(train_x))
     total = epochs * steps_per_epoch
     generator = torch.Generator().manual_seed(seed)
     history = [{"epoch": 0, "val_acc": _accuracy(model, val_x, val_y), "seconds": 0.0}]
-    log(f"QAT: {len(train_idx)} training images, {steps_per_epoch} steps of {BATCH} per epoch; fake-quantized "
+    log(f"QAT: {len(train_x)} training images, {steps_per_epoch} steps of {BATCH} per epoch; fake-quantized "
         f"start (PTQ) {history[0]['val_acc']:.2f}% on the validation split")
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     best = history[0]
     step = 0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        order = torch.randperm(len(train_idx), generator=generator)
+        order = torch.randperm(len(train_x), generator=generator)
         for batch in range(steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))

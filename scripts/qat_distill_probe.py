@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
-from rtk import augment, data
+from rtk import augment
 from rtk import checkpoint as checkpoints
-from rtk.qat import BATCH, attach, fold_batchnorm, qdq_scales
+from rtk.qat import BATCH, attach, fold_batchnorm, qdq_scales, training_split
 
 
 def main() -> None:
@@ -42,12 +42,8 @@ def main() -> None:
     student, checkpoint = checkpoints.load(args.checkpoint)
     teacher, _ = checkpoints.load(args.checkpoint)
     teacher.eval()
-    split = checkpoint.get("split") or {"seed": 0, "val_size": 5000}
-    cifar = data.load_cifar10(None)
-    train_idx, val_idx = data.split_indices(len(cifar.train_labels), split["val_size"], split["seed"])
-    nchw = torch.from_numpy(np.ascontiguousarray(cifar.train_images.transpose(0, 3, 1, 2)))  # uint8 [50000, 3, 32, 32]
-    train_x, val_x = nchw[train_idx], nchw[val_idx][:args.val_images]
-    val_y = cifar.train_labels[val_idx][:args.val_images]
+    _, (train_x, _), (val_x, val_y) = training_split(checkpoint)
+    val_x, val_y = val_x[:args.val_images], val_y[:args.val_images]
     fold_batchnorm(student)
     attach(student, *qdq_scales(args.qdq))
     student.eval()  # BN folded and frozen
