@@ -138,8 +138,7 @@ def compare(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str], *, b
             augmented = _with_outputs(model, names, Path(work) / f"{side}.onnx")
             # The logits come from the file itself, not from the augmented copy: exposing the
             # intermediate tensors stops onnxruntime fusing Q/DQ around them, which moves the INT8
-            # logits (up to 0.19 on the shipped ResNet-20), so agreement and flips would describe
-            # another model than the one deployed.
+            # logits, so agreement and flips would describe another model than the one deployed.
             runs[side] = (make_runner(augmented, backend, threads=threads), make_runner(path, backend, threads=threads))
         try:
             for runner in (r for pair in runs.values() for r in pair):
