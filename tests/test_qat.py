@@ -17,6 +17,7 @@ from test_compare import int8_run
 
 from rtk import checkpoint, data, qat, quantize
 from rtk.cli import main
+from rtk.errors import RtkError
 from rtk.onnx_meta import decode_metadata
 from rtk.preprocess import normalize_uint8_nhwc
 from rtk.quantize.qdq import activation_quantization
@@ -43,16 +44,28 @@ def test_fake_quantized_torch_model_computes_what_onnxruntime_computes_on_the_qd
     with torch.no_grad():  # folding changes nothing in float
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), fp32, atol=1e-4, rtol=1e-4)
     conv_scales, shortcut_scales = qat.qdq_scales(run["int8"])
-    assert len(conv_scales) == 7 and all(s and s > 0 for s in conv_scales) and len(shortcut_scales) == 3
-    handles = qat.attach(model, conv_scales, shortcut_scales)
+    # the flavour's first two Convs float, the others quantized; the residual Adds read float
+    assert len(conv_scales) == 7 and conv_scales[:2] == [None, None] and all(s and s > 0 for s in conv_scales[2:])
+    assert shortcut_scales == [None] * 3
+    fake = qat.attach(model, conv_scales, shortcut_scales)
     with torch.no_grad():
         simulated = model(torch.from_numpy(x)).numpy()
     # the INT8 error is what both see: torch's simulation is far closer to the QDQ file than FP32 is
     assert np.abs(simulated - reference).mean() < 0.05 * np.abs(fp32 - reference).mean()
     assert np.mean(simulated.argmax(1) == reference.argmax(1)) >= 0.95
-    qat.detach(model, handles)
+    qat.detach(model, fake)
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), fp32, atol=1e-4, rtol=1e-4)
+
+
+def test_the_folded_model_read_from_an_onnx_file_computes_what_the_file_does(run, cifar10):
+    x = normalize_uint8_nhwc(cifar10.train_images[:32])
+    expected = ort.InferenceSession(str(run["fp32"]), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})[0]
+    with torch.no_grad():
+        got = qat.folded_from_onnx(run["fp32"])(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RtkError, match="not an FP32 ONNX of an rtk ResNet"):
+        qat.folded_from_onnx(run["int8"])  # a QDQ file: its Convs read DequantizeLinear weights
 
 
 def test_finetune_writes_a_loadable_checkpoint_with_its_recipe(run, cifar_dir, tmp_path):
