@@ -203,7 +203,7 @@ def qat_int8(paths: RunPaths, onnx_path: Path, out: Path, *, epochs: int, method
     with tempfile.TemporaryDirectory(prefix="rtk-qat-") as work:
         ptq = quantize.quantize_int8(onnx_path, Path(work) / "ptq.onnx", target="tensorrt", method=method,
                                      data_dir=data_dir, num_images=num_images, seed=seed, calib_dir=calib_dir,
-                                     verify=False, log=log)
+                                     verify=False, tune_steps=0, log=log)
         manifest = read_metadata(ptq)["calibration"]["manifest"]
         tuned = qat.finetune(ckpt, ptq, out.with_suffix(".pt"), epochs=epochs, data_dir=data_dir, log=log)
         tuned_onnx = export.export_onnx(tuned, Path(work) / "model.qat.onnx", data_dir=data_dir,

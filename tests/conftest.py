@@ -225,6 +225,15 @@ def bench_run(bench_runs_dir: Path, cifar_dir: Path, tmp_path_factory: pytest.Te
 
 
 @pytest.fixture(autouse=True)
+def _short_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TensorRT flavour's default scale and bias tuning cut to 4 steps: its 600 take minutes a
+    model on 2 cores. The tests of what tuning achieves ask for their own steps."""
+    import rtk.quantize
+
+    monkeypatch.setattr(rtk.quantize, "TUNE_STEPS", 4)
+
+
+@pytest.fixture(autouse=True)
 def _no_download_from_the_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing downloads at test time: a test that reaches rtk.data.ensure_data's download without
     a local server of its own fails at once against a closed port on 127.0.0.1."""

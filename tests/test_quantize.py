@@ -15,7 +15,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import import_script
 from onnx import TensorProto, numpy_helper
 from test_export import make_checkpoint
 
@@ -46,9 +45,9 @@ def loaded_once(monkeypatch, cifar10, cifar_dir):
 
 
 def quantized(fp32_onnx: Path, tmp_path: Path, target: str, **options) -> tuple[Path, onnx.ModelProto]:
-    options = {"num_images": CALIB_IMAGES, "verify": False, "calib_dir": tmp_path / "calib", **options}
-    out = quantize.quantize_int8(fp32_onnx, tmp_path / f"model.int8.{target}.onnx", target=target,
-                                 log=lambda _: None, **options)
+    options = {"num_images": CALIB_IMAGES, "verify": False, "calib_dir": tmp_path / "calib", "log": lambda _: None,
+               **({"tune_steps": 0} if target == "tensorrt" else {}), **options}
+    out = quantize.quantize_int8(fp32_onnx, tmp_path / f"model.int8.{target}.onnx", target=target, **options)
     return out, onnx.load(out)
 
 
@@ -79,7 +78,7 @@ def shortcut_ops(model: onnx.ModelProto) -> list[tuple[str, list]]:
 # QDQ structure
 
 
-def test_tensorrt_flavour_is_symmetric_qdq_on_conv_inputs_and_shortcuts_only(fp32_onnx, tmp_path):
+def test_tensorrt_flavour_is_symmetric_qdq_on_the_inputs_of_the_convs_after_the_first_two(fp32_onnx, tmp_path):
     _, model = quantized(fp32_onnx, tmp_path, "tensorrt")
     fp32 = onnx.load(fp32_onnx)
     producer, readers, constants = graph_facts(model)
@@ -92,16 +91,21 @@ def test_tensorrt_flavour_is_symmetric_qdq_on_conv_inputs_and_shortcuts_only(fp3
         assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
     for node in [n for n in nodes if n.op_type == "DequantizeLinear"]:
         assert constants.get(node.input[0], np.zeros(0, np.int8)).dtype != np.int32, "INT32 bias behind a DQ"
+        # a quantized activation is read by Convs only: the shortcut reads the float tensor
+        assert {r.op_type for r in readers[node.output[0]]} == {"Conv"}, node.name
 
     convs = [n for n in nodes if n.op_type == "Conv"]
-    assert len(convs) == sum(n.op_type == "Conv" for n in fp32.graph.node)
-    for conv in convs:
+    assert len(convs) == sum(n.op_type == "Conv" for n in fp32.graph.node) == 7
+    for conv in convs[:2]:  # the stem and the first block's conv1: float weights, float input
+        assert op_of(producer, conv.input[0]) != "DequantizeLinear" and constants[conv.input[1]].dtype == np.float32
+    for conv in convs[2:]:
         activation, weight = (producer[name] for name in conv.input[:2])
         assert activation.op_type == "DequantizeLinear" and weight.op_type == "DequantizeLinear"
         assert op_of(producer, activation.input[0]) == "QuantizeLinear"
         axis = next(a.i for a in weight.attribute if a.name == "axis")
         out_channels = constants[weight.input[0]].shape[0]
         assert axis == 0 and constants[weight.input[1]].shape == (out_channels,)  # per output channel
+    for conv in convs:
         if len(conv.input) > 2:
             assert conv.input[2] in constants  # the folded BN bias stays a float initializer
         # no Q/DQ between Conv and what reads it (ReLU, or the residual Add)
@@ -109,14 +113,10 @@ def test_tensorrt_flavour_is_symmetric_qdq_on_conv_inputs_and_shortcuts_only(fp3
 
     adds = [n for n in nodes if n.op_type == "Add"]
     assert len(adds) == 3
-    for add in adds:
-        ops = sorted(op_of(producer, name) for name in add.input)
-        assert ops == ["Conv", "DequantizeLinear"], ops  # Q/DQ on the shortcut input only
+    for add in adds:  # the conv branch and the shortcut (the block input, or Slice + Pad of it), float
+        assert sorted(op_of(producer, name) for name in add.input) in (["Conv", "Relu"], ["Conv", "Pad"])
         assert {r.op_type for r in readers[add.output[0]]} == {"Relu"}
-    padded = [add for add in adds if any(op_of(producer, producer[name].input[0]) == "QuantizeLinear"
-                                         and op_of(producer, producer[producer[name].input[0]].input[0]) == "Pad"
-                                         for name in add.input if op_of(producer, name) == "DequantizeLinear")]
-    assert len(padded) == 2  # the two downsampling shortcuts: Pad -> Q -> DQ -> Add
+    assert all(op_of(producer, n.input[0]) in ("Relu", "Slice") for n in nodes if n.op_type == "Slice")
 
     assert shortcut_ops(model) == shortcut_ops(fp32)  # Slice / Pad untouched
     assert sum(n.op_type == "Relu" for n in nodes) == sum(n.op_type == "Relu" for n in fp32.graph.node)
@@ -433,33 +433,40 @@ def test_excluded_convs_stay_float_in_both_flavours(fp32_onnx, tmp_path):
     float_convs = [convs[0], convs[2]]  # the stem (reads the image) and a block's second conv (feeds an Add)
     macs = conv_macs(fp32_onnx)
     assert list(macs) == convs and macs[convs[0]] == 16 * 32 * 32 * 3 * 9  # [16, 32, 32] out, 3x3 over 3 channels
+    expected = {"tensorrt": sorted({*float_convs, *convs[:2]}), "cpu": sorted(float_convs)}  # + the flavour's
     for target in FLAVOURS:
         _, model = quantized(fp32_onnx, tmp_path / target, target, exclude=float_convs)
         producer, _, constants = graph_facts(model)
         for conv in (n for n in model.graph.node if n.op_type == "Conv"):
             weight_from = op_of(producer, conv.input[1])
-            if conv.name in float_convs:
+            if conv.name in expected[target]:
                 assert weight_from is None and constants[conv.input[1]].dtype == np.float32
                 if target == "tensorrt":  # no Q/DQ on its input: TensorRT runs it in float
                     assert op_of(producer, conv.input[0]) != "DequantizeLinear"
             else:
                 assert weight_from == "DequantizeLinear"
         meta = decode_metadata({p.key: p.value for p in model.metadata_props})
-        assert meta["calibration"]["float_convs"] == sorted(float_convs)
+        assert meta["calibration"]["float_convs"] == expected[target]
     manifest = json.loads(next((tmp_path / "tensorrt" / "calib").glob("*.json")).read_text())
     share = manifest["quantized"]["tensorrt"]["int8_mac_share"]
-    assert share == pytest.approx(1 - sum(macs[c] for c in float_convs) / sum(macs.values()))
+    assert share == pytest.approx(1 - sum(macs[c] for c in expected["tensorrt"]) / sum(macs.values()))
     with pytest.raises(RtkError, match="not a Conv"):
         quantized(fp32_onnx, tmp_path, "cpu", exclude=["relu"])
 
 
 def test_max_validation_drop_leaves_convs_out_only_while_the_budget_needs_it(fp32_onnx, tmp_path, monkeypatch):
-    quantized(fp32_onnx, tmp_path / "loose", "tensorrt", max_validation_drop=100.0)
-    entry = json.loads(next((tmp_path / "loose" / "calib").glob("*.json")).read_text())["quantized"]["tensorrt"]
+    quantized(fp32_onnx, tmp_path / "loose", "cpu", max_validation_drop=100.0)
+    entry = json.loads(next((tmp_path / "loose" / "calib").glob("*.json")).read_text())["quantized"]["cpu"]
     selection = entry["mixed_precision"]
     assert selection["float_convs"] == entry["float_convs"] == [] and entry["int8_mac_share"] == 1.0
     assert len(selection["steps"]) == 1 and selection["validation_images"] == 5000
     assert selection["steps"][0]["validation"]["images"] == 5000  # chosen on the validation split
+    # the TensorRT flavour's own float Convs are float in every candidate and never ranked
+    quantized(fp32_onnx, tmp_path / "trt", "tensorrt", max_validation_drop=100.0)
+    entry = json.loads(next((tmp_path / "trt" / "calib").glob("*.json")).read_text())["quantized"]["tensorrt"]
+    leading = list(conv_macs(fp32_onnx))[:2]
+    assert entry["float_convs"] == entry["mixed_precision"]["float_convs"] == sorted(leading)
+    assert entry["mixed_precision"]["steps"][0]["float_convs"] == leading and entry["int8_mac_share"] < 1.0
     # a budget no mix can meet (gain 50 points): every Conv ranked, then one clear error (on 500
     # validation images, to keep the 14 quantize-and-measure steps short)
     split = data.split_indices
@@ -476,6 +483,9 @@ def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_t
 
     from conftest import run
 
+    from rtk.names import TUNE_STEPS
+
+    monkeypatch.setattr(quantize, "TUNE_STEPS", TUNE_STEPS)  # the recipe the tracked manifest was tuned with
     calib = tmp_path / "calib"
     shutil.copytree(Path(__file__).resolve().parents[1] / "calib", calib)
     before = {path.name: path.read_bytes() for path in calib.glob("*.json")}
@@ -488,41 +498,64 @@ def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_t
 
 
 # ---------------------------------------------------------------------------------------------
-# scripts/int8_error_budget.py: the graph edits behind docs/quantization.md's error budget
+# The TensorRT flavour's scales and biases tuned against FP32 (rtk.quantize.tuning, rtk.qat.tune)
 
 
-def test_error_budget_edits(fp32_onnx, tmp_path, cifar10):
-    script = import_script("int8_error_budget")
-    out, model = quantized(fp32_onnx, tmp_path, "tensorrt")
-    groups = script.activation_groups(model)
-    # ResNet-8: the image; one ReLU inside each of the 3 blocks; the stem ReLU, the outputs of the
-    # first two blocks (the third goes to the pooling, unquantized) and the two downsampled shortcuts
-    assert groups["input"] == {"input"} and len(groups["mid"]) == 3
-    assert len(groups["stream"]) == 5 and {op_of(graph_facts(model)[0], t) for t in groups["stream"]} == {"Relu", "Pad"}
+def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})[0]
 
-    script.without_activation_qdq(out, tmp_path / "weights-only.onnx", set().union(*groups.values()))
-    weights_only = onnx.load(tmp_path / "weights-only.onnx")
-    weights = {init.name for init in weights_only.graph.initializer}
-    assert all(node.input[0] in weights for node in weights_only.graph.node if node.op_type == "QuantizeLinear")
-    assert sum(node.op_type == "DequantizeLinear" for node in weights_only.graph.node) == 7  # the 7 Convs' weights
 
-    script.shortcuts_float(out, tmp_path / "shortcuts-float.onnx")
-    producer, _, _ = graph_facts(onnx.load(tmp_path / "shortcuts-float.onnx"))
-    edited = onnx.load(tmp_path / "shortcuts-float.onnx").graph.node
-    assert all(op_of(producer, name) != "DequantizeLinear" for node in edited if node.op_type == "Add" for name in node.input)
-    assert all(op_of(producer, node.input[0]) == "DequantizeLinear" for node in edited if node.op_type == "Conv")
+def test_tuned_scales_and_biases_bring_the_int8_logits_closer_to_fp32_and_are_reused(fp32_onnx, tmp_path, cifar10):
+    untuned, untuned_model = quantized(fp32_onnx, tmp_path / "untuned", "tensorrt", num_images=256)
+    logs: list[str] = []
+    tuned, model = quantized(fp32_onnx, tmp_path, "tensorrt", num_images=256, tune_steps=60, log=logs.append)
+    manifest = json.loads(next((tmp_path / "calib").glob("*.json")).read_text())
+    record = manifest["tuned"]["tensorrt"]
+    assert record["recipe"]["steps"] == 60 and record["recipe"]["float_convs"] == sorted(list(conv_macs(fp32_onnx))[:2])
+    assert record["logit_mse"]["tuned"] < record["logit_mse"]["calibrated"]
+    assert manifest["quantized"]["tensorrt"]["tuned"]["logit_mse"] == record["logit_mse"]
 
-    images = normalize_uint8_nhwc(cifar10.train_images[:128], read_metadata(fp32_onnx)["normalization"])
-    script.bias_corrected(fp32_onnx, out, tmp_path / "corrected.onnx", images)
-    convs = [node.output[0] for node in model.graph.node if node.op_type == "Conv"]
+    # onnxruntime on the written file agrees: closer to FP32 on the calibration images than untuned
+    images = normalize_uint8_nhwc(cifar10.train_images[np.asarray(manifest["indices"])],
+                                  read_metadata(fp32_onnx)["normalization"])
+    reference = ort_logits(fp32_onnx, images)
+    errors = {name: float(np.mean((ort_logits(path, images) - reference) ** 2))
+              for name, path in (("untuned", untuned), ("tuned", tuned))}
+    assert errors["tuned"] < errors["untuned"], errors
+    assert errors["tuned"] == pytest.approx(record["logit_mse"]["tuned"], rel=0.05)  # torch simulated the file
 
-    def channel_means(path):  # {conv output: [C]} over the images and positions
-        probe = onnx.load(path)
-        probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in convs)
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        return dict(zip(convs, (o.mean(axis=(0, 2, 3)) for o in session.run(convs, {"input": images}))))
+    # the file holds the tuned scales and the FP32 biases plus the tuned shifts
+    scales = activation_quantization(model)
+    for tensor, (low, high) in record["ranges"].items():
+        assert scales[tensor]["scale"] == pytest.approx(high / 127, rel=1e-6) and low == -high
+    fp32_model = onnx.load(fp32_onnx)
+    fp32_constants, constants = graph_facts(fp32_model)[2], graph_facts(model)[2]
+    fp32_nodes = {node.name: node for node in fp32_model.graph.node}
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        source = fp32_nodes[node.name].input  # this untrained FC's bias is zeros: the exporter left it out
+        bias = fp32_constants[source[2]] if len(source) > 2 else 0.0
+        np.testing.assert_allclose(constants[node.input[2]], bias + np.asarray(record["bias_shifts"][node.name],
+                                                                                np.float32), rtol=1e-6, atol=1e-7)
+    assert any(np.abs(shift).max() > 0 for shift in record["bias_shifts"].values())
+    assert not any(np.array_equal(constants[n.input[2]], graph_facts(untuned_model)[2][n.input[2]])
+                   for n in model.graph.node if n.op_type == "Conv")
+    meta = decode_metadata({p.key: p.value for p in model.metadata_props})
+    assert meta["calibration"]["tuned"] == record["recipe"]
 
-    fp32, before, after = (channel_means(p) for p in (fp32_onnx, out, tmp_path / "corrected.onnx"))
-    # every Conv's output channels, measured on the model corrected up to it, now average FP32's
-    error_after, error_before = (max(np.abs(m[t] - fp32[t]).max() for t in convs) for m in (after, before))
-    assert error_after < error_before / 20
+    # the same recipe again: reused from the manifest, the same bytes; another recipe tunes again
+    logs.clear()
+    again, _ = quantized(fp32_onnx, tmp_path, "tensorrt", num_images=256, tune_steps=60, log=logs.append)
+    assert any("reusing the tuned scales and biases" in line for line in logs) and not any("tuning" in line for line in logs)
+    assert again.read_bytes() == tuned.read_bytes()
+    logs.clear()
+    quantized(fp32_onnx, tmp_path, "tensorrt", num_images=256, tune_steps=3, log=logs.append)
+    assert any(line.startswith("tuning ") for line in logs)
+    assert json.loads(next((tmp_path / "calib").glob("*.json")).read_text())["tuned"]["tensorrt"]["recipe"]["steps"] == 3
+
+
+def test_tuning_is_refused_where_it_does_not_apply(fp32_onnx, tmp_path):
+    with pytest.raises(RtkError, match="for the TensorRT flavour"):
+        quantized(fp32_onnx, tmp_path, "cpu", tune_steps=5)
+    for args in (["--target", "cpu"], ["--fp16"], ["--target", "tensorrt", "--qat-epochs", "1"]):
+        result = CliRunner().invoke(main, ["quantize", "--onnx", str(fp32_onnx), "--tune-steps", "5", *args])
+        assert result.exit_code == 2 and "--tune-steps tunes the TensorRT flavour" in result.output, result.output

@@ -11,7 +11,7 @@ from click.core import ParameterSource
 from rtk.cli import main
 from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
 from rtk.errors import RtkError
-from rtk.names import CALIBRATION_METHODS, INT8_TARGETS
+from rtk.names import CALIBRATION_METHODS, INT8_TARGETS, TUNE_STEPS
 
 ALL = "all"
 DEFAULT_DEPTH = 20
@@ -20,8 +20,8 @@ DEFAULT_DEPTH = 20
 @main.command()
 @depth_option(default=None)
 @click.option("--target", type=click.Choice([*INT8_TARGETS, ALL]), default=ALL, show_default=True,
-              help="INT8 flavour: tensorrt (symmetric, QDQ on Conv inputs and residual shortcuts) or cpu "
-                   "(U8S8, fast with onnxruntime and OpenVINO).")
+              help="INT8 flavour: tensorrt (symmetric, Q/DQ on the Conv inputs, the first two Convs float, scales "
+                   "and biases tuned) or cpu (U8S8, fast with onnxruntime and OpenVINO).")
 @click.option("--method", type=click.Choice([*CALIBRATION_METHODS, ALL]), default=CALIBRATION_METHODS[0],
               show_default=True,
               help="Calibration method. 'all' writes model.int8.<target>.<method>.onnx for each, to compare "
@@ -47,13 +47,18 @@ DEFAULT_DEPTH = 20
               help="Quantization-aware fine-tuning: this many epochs on the training split with the TensorRT "
                    "flavour's Q/DQ simulated, from the calibrated scales; writes model.int8.tensorrt.qat.onnx and "
                    "the tuned checkpoint model.int8.tensorrt.qat.pt (the epoch kept is chosen on validation).")
+@click.option("--tune-steps", type=click.IntRange(min=0), default=None,
+              help=f"TensorRT flavour: Adam steps that tune its activation scales and biases (not the weights) "
+                   f"toward FP32's logits on the calibration images; kept in the calibration manifest and reused "
+                   f"[default: {TUNE_STEPS}, about 5 min for ResNet-20 on 2 CPU cores; 0: the calibrated ranges].")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Validate each model against FP32 on the 10,000 test images (onnxruntime, CPU).")
 @data_dir_option
 @runs_dir_option
 def quantize(depth: int | None, target: str, method: str, precision: str, fp16_only: bool, num_images: int, seed: int,
              onnx_path: Path | None, out: Path | None, calib_dir: Path | None, max_drop: float | None,
-             qat_epochs: int | None, verify: bool, data_dir: str | None, runs_dir: str) -> None:
+             qat_epochs: int | None, tune_steps: int | None, verify: bool, data_dir: str | None,
+             runs_dir: str) -> None:
     """Calibrate INT8 on CIFAR-10 training images and write QDQ models; or convert to FP16.
 
     Each model is validated on the real test set and its figures stored beside it as <model>.json;
@@ -78,6 +83,9 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
     if qat_epochs is not None and (precision != "int8" or target != "tensorrt" or method == ALL or max_drop is not None):
         raise click.UsageError("--qat-epochs fine-tunes for the TensorRT flavour: use it with --target tensorrt, "
                                "one --method, --precision int8 and without --max-drop")
+    if tune_steps is not None and (qat_epochs is not None or target == "cpu" or precision == "fp16"):
+        raise click.UsageError("--tune-steps tunes the TensorRT flavour's calibrated scales: not with --qat-epochs "
+                               "(it trains from the calibrated scales), --target cpu or --precision fp16")
     if out is not None and len(jobs) > 1:
         raise click.UsageError("--out names one file: choose one --target and --method, or --fp16")
 
@@ -103,7 +111,8 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
             else:
                 stage.quantize_int8(source, destination, target=flavour, method=calibration, data_dir=data_dir,
                                     num_images=num_images, seed=seed, calib_dir=calib_dir, verify=verify,
-                                    max_validation_drop=max_drop)
+                                    max_validation_drop=max_drop,
+                                    tune_steps=tune_steps if flavour == "tensorrt" else None)
         except stage.AccuracyDropError as exc:  # the others still run: --method all is for comparing
             rows.append((destination, calibration, exc.figures, False))
             continue

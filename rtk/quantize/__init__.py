@@ -54,9 +54,10 @@ from rtk.quantize.qdq import (
     FLAVOURS,
     activation_quantization,
     conv_macs,
+    float_readers,
     int8_mac_share,
-    qdq_on_shortcuts_only,
 )
+from rtk.quantize.tuning import TUNE_STEPS, add_bias_shifts, recipe, tuned_for
 from rtk.quantize.validation import AccuracyDropError, validate_into, validation_path
 
 __all__ = ["AccuracyDropError", "convert_fp16", "quantize_int8", "validation_path"]
@@ -68,7 +69,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
                   calib_dir: str | os.PathLike[str] | None = None, verify: bool = True,
                   max_drop: float | None = None, exclude: Sequence[str] = (),
                   max_validation_drop: float | None = None, ranges_from: str | os.PathLike[str] | None = None,
-                  reference: str | os.PathLike[str] | None = None) -> Path:
+                  reference: str | os.PathLike[str] | None = None, tune_steps: int | None = None) -> Path:
     """The INT8 QDQ model of `target` ("tensorrt" | "cpu") from the FP32 `onnx_path`, written to `out`.
 
     Calibrates with `method` on `num_images` class-balanced training images chosen by `seed` (or
@@ -78,7 +79,9 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     rtk.mixed_precision adds the fewest it takes to lose no more than that on the validation split.
     With `ranges_from` (a manifest of another file of this network: the scales a QAT fine-tuning kept)
     nothing is calibrated and no manifest is written; `reference` is the FP32 model validation
-    compares against (default: `onnx_path`).
+    compares against (default: `onnx_path`). The TensorRT flavour leaves its first Convs float
+    (Flavour.leading_float_convs) and tunes its scales and biases against FP32 for `tune_steps`
+    (default TUNE_STEPS; 0: the calibrated ranges as they are; rtk.quantize.tuning).
     """
     if target not in FLAVOURS:
         raise RtkError(f"unknown INT8 target {target!r}; choose one of {', '.join(FLAVOURS)}")
@@ -98,9 +101,17 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
             raise RtkError(f"{manifest_path} holds {manifest['method']} ranges of a ResNet-{manifest['model']['depth']}, "
                            f"not {method} ranges of this ResNet-{meta['depth']}")
         log(f"using the ranges in {manifest_path} ({method}), not calibrating")
-    unknown = sorted(set(exclude) - set(conv_macs(onnx_path)))
+    convs = list(conv_macs(onnx_path))
+    unknown = sorted(set(exclude) - set(convs))
     if unknown:
         raise RtkError(f"cannot leave {', '.join(unknown)} out of INT8: not a Conv of {onnx_path}")
+    flavour = FLAVOURS[target]
+    leading = convs[:flavour.leading_float_convs]
+    exclude = [*leading, *(name for name in exclude if name not in leading)]
+    steps = tune_steps if tune_steps is not None else TUNE_STEPS if target == "tensorrt" and ranges_from is None else 0
+    if steps and (target != "tensorrt" or ranges_from is not None):
+        raise RtkError("tuning the scales and biases is for the TensorRT flavour from calibrated ranges "
+                       "(not the CPU flavour, not QAT's ranges)")
     calibration = {"manifest": manifest_path.as_posix(), "method": method, "num_images": num_images, "seed": seed}
     selection = None
     if max_validation_drop is not None:
@@ -108,16 +119,21 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
 
         selection = mixed_precision.choose_float_convs(
             onnx_path, lambda path, convs: _write_int8(onnx_path, path, manifest, method, target, convs,
-                                                        calibration, log=lambda _: None),
-            max_drop=max_validation_drop, data_dir=data_dir, log=log)
-        exclude = [*exclude, *selection["float_convs"]]
+                                                        calibration, None, log=lambda _: None),
+            max_drop=max_validation_drop, data_dir=data_dir, log=log, keep_float=exclude)
+        exclude = list(selection["float_convs"])
+    tuned = None
+    if steps:
+        tuned = tuned_for(onnx_path, manifest, cifar, meta["normalization"], recipe(steps, seed, exclude),
+                          lambda path: _write_int8(onnx_path, path, manifest, method, target, exclude, calibration,
+                                                   None, log=lambda _: None), log)
+        calibration["tuned"] = tuned["recipe"]
 
-    flavour = FLAVOURS[target]
     log(f"quantizing {onnx_path} for {target} ({flavour.activation_type} activations, QInt8 weights "
         f"per channel, QDQ on {', '.join(flavour.op_types)}"
         f"{'; float: ' + ', '.join(exclude) if exclude else ''})")
     with atomic_path(out) as tmp:
-        model = _write_int8(onnx_path, tmp, manifest, method, target, exclude, calibration, log)
+        model = _write_int8(onnx_path, tmp, manifest, method, target, exclude, calibration, tuned, log)
         validate_into(tmp, out, Path(reference or onnx_path), "int8", data_dir, verify, max_drop, log)
 
     if ranges_from is not None:
@@ -125,6 +141,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     record = {"model": out.name, "sha256": sha256_file(out), "float_convs": sorted(exclude),
               "int8_mac_share": int8_mac_share(onnx_path, exclude),
               **({"mixed_precision": selection} if selection else {}),
+              **({"tuned": {"steps": steps, "logit_mse": tuned["logit_mse"]}} if tuned else {}),
               "activations": activation_quantization(model)}
     recorded = manifest.setdefault("quantized", {}).get(target, {})
     if {k: v for k, v in recorded.items() if k != "model"} != {k: v for k, v in record.items() if k != "model"}:
@@ -134,15 +151,17 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
 
 
 def _write_int8(onnx_path: Path, out: Path, manifest: Mapping[str, Any], method: str, target: str,
-                exclude: Sequence[str], calibration: Mapping[str, Any], log: Log) -> Any:
-    """quantize_static with the manifest's ranges into `out` (the Convs `exclude` float), the
-    flavour's graph edits and rtk metadata; returns the written model."""
+                exclude: Sequence[str], calibration: Mapping[str, Any], tuned: Mapping[str, Any] | None,
+                log: Log) -> Any:
+    """quantize_static with the manifest's ranges (those `tuned` has replaced) into `out` (the Convs
+    `exclude` float), the tuned bias shifts and rtk metadata; returns the written model."""
     quantization = quantization_module()
     onnx = require("onnx")
     flavour = FLAVOURS[target]
     with tempfile.TemporaryDirectory(prefix="rtk-quantize-") as work:
         cache = Path(work) / "ranges.json"
-        quantization.save_tensors_data(tensors_data(quantization, manifest["ranges"], method), cache)
+        ranges = {**manifest["ranges"], **(tuned["ranges"] if tuned else {})}
+        quantization.save_tensors_data(tensors_data(quantization, ranges, method), cache)
         with quiet():
             quantization.quantize_static(
                 onnx_path, out, None, quant_format=quantization.QuantFormat.QDQ,
@@ -153,9 +172,10 @@ def _write_int8(onnx_path: Path, out: Path, manifest: Mapping[str, Any], method:
                 extra_options=dict(flavour.extra_options), calibration_cache_path=cache,
                 nodes_to_exclude=list(exclude))
     model = onnx.load(out)
-    if flavour.qdq_on_shortcut_only:
-        cut = qdq_on_shortcuts_only(model)
-        log(f"moved Q/DQ off the conv branch of {cut} residual Adds (shortcut input only)")
+    if flavour.quantized_for_convs_only:
+        float_readers(model)
+    if tuned:
+        add_bias_shifts(model, tuned["bias_shifts"])
     set_rtk_metadata(onnx, model, onnx_path, precision="int8", int8_target=target,
                       calibration={**calibration, "float_convs": sorted(exclude)})
     onnx.save(model, out)

@@ -220,6 +220,7 @@ def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar1
     manifest["calibrator"] = _calibrator_record(method)
     manifest["ranges"] = calibrate(onnx_path, images, method)
     manifest.pop("quantized", None)  # scales of models quantized from other ranges
+    manifest.pop("tuned", None)  # and the values tuned from them
     write_manifest(path, manifest)
     log(f"wrote {path}")
     return manifest
@@ -260,7 +261,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 # The order a reviewer reads a manifest in; the long list of image indices goes last.
 MANIFEST_KEYS = ("format", "model", "data", "method", "num_images", "seed", "calibrator", "class_counts",
-                 "ranges", "quantized", "indices")
+                 "ranges", "tuned", "quantized", "indices")
 
 
 def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,13 @@ SELECTION_FORMAT = "rtk.mixed_precision/1"
 
 def choose_float_convs(onnx_path: str | os.PathLike[str], quantize_to: Callable[[Path, list[str]], Any], *,
                        max_drop: float, data_dir: str | os.PathLike[str] | None = None,
-                       sensitivity_images: int = 1000, log: Log = info) -> dict[str, Any]:
+                       sensitivity_images: int = 1000, keep_float: Sequence[str] = (),
+                       log: Log = info) -> dict[str, Any]:
     """The Conv nodes to leave float, and the evidence (format rtk.mixed_precision/1).
 
     `quantize_to(out, exclude)` writes the INT8 model of one flavour with the Convs `exclude` float
-    (rtk.quantize.quantize_int8 with fixed calibration, no test-set validation).
+    (rtk.quantize.quantize_int8 with fixed calibration, no test-set validation). The Convs
+    `keep_float` are float in every candidate (the flavour's and the user's) and in the result.
     """
     onnx_path = Path(onnx_path)
     fp32_metadata(onnx_path)
@@ -58,29 +60,31 @@ def choose_float_convs(onnx_path: str | os.PathLike[str], quantize_to: Callable[
     with tempfile.TemporaryDirectory(prefix="rtk-mixed-") as work:
         def measure(exclude: list[str], subset: slice = slice(None)) -> np.ndarray:
             path = Path(work) / "candidate.onnx"
-            quantize_to(path, exclude)
+            quantize_to(path, [*keep_float, *exclude])
             return logits(path, images[subset])
 
         def figures(exclude: list[str], out: np.ndarray) -> dict[str, Any]:
             evidence = paired(out.argmax(axis=1) == labels, reference_correct)
-            return {"float_convs": list(exclude), "int8_mac_share": int8_mac_share(onnx_path, exclude),
+            floats = [*keep_float, *exclude]
+            return {"float_convs": floats, "int8_mac_share": int8_mac_share(onnx_path, floats),
                     "validation": evidence.as_dict(),
                     "agreement_pct": 100.0 * float(np.mean(out.argmax(axis=1) == reference.argmax(axis=1)))}
 
         steps = [figures([], measure([]))]
-        log(f"mixed precision: all {len(macs)} Convs INT8: {_line(steps[-1])} on the validation split")
+        candidates = [name for name in macs if name not in set(keep_float)]
+        log(f"mixed precision: {len(candidates)} of {len(macs)} Convs INT8: {_line(steps[-1])} on the validation split")
         sensitivity: dict[str, float] = {}
         if -steps[-1]["validation"]["delta_pct"] > max_drop:
             full_kl = kl_divergence(reference[probe], measure([], probe))
-            for name in macs:
+            for name in candidates:
                 sensitivity[name] = full_kl - kl_divergence(reference[probe], measure([name], probe))
                 log(f"mixed precision: {name} float: KL to FP32 {full_kl:.5f} -> {full_kl - sensitivity[name]:.5f}")
-            order = sorted(macs, key=lambda name: (-sensitivity[name], macs[name]))
+            order = sorted(candidates, key=lambda name: (-sensitivity[name], macs[name]))
             exclude: list[str] = []
             for name in order:
                 exclude = [*exclude, name]
                 steps.append(figures(exclude, measure(exclude)))
-                log(f"mixed precision: {', '.join(exclude)} float: {_line(steps[-1])}")
+                log(f"mixed precision: {', '.join(exclude)} float too: {_line(steps[-1])}")
                 if -steps[-1]["validation"]["delta_pct"] <= max_drop:
                     break
             else:
