@@ -10,14 +10,17 @@
 This module holds the two stages; its parts:
     calibration.py  the calibrator, its methods and the manifest (reused across targets and reruns)
     qdq.py          the two QDQ flavours and the graph edit the TensorRT one needs
+    tuning.py       the TensorRT flavour's scales and biases tuned against FP32 (rtk.qat.tune)
+    mixed_precision.py  the Convs --max-drop leaves float
     validation.py   accuracy against FP32 on the test set, the <model>.json record, the drop limit
     metadata.py     the FP32 source's rtk metadata, checked and carried into every model written
 
 One calibration, two QDQ flavours (REFERENCE.md section 3). TensorRT wants symmetric INT8 (zero
-point 0) on the inputs of Conv and on the shortcut input of each residual Add; onnxruntime and
-OpenVINO on x86 are fastest with unsigned activations and signed weights (U8S8). Both come from
-onnxruntime.quantization.quantize_static fed with the same per-tensor ranges, so the calibration
-manifest serves both and a second target (or a rerun) does not calibrate again.
+point 0) on the inputs of the Convs it runs in INT8; onnxruntime and OpenVINO on x86 are fastest with
+unsigned activations and signed weights (U8S8). Both come from onnxruntime.quantization.quantize_static
+fed with the same per-tensor ranges, so the calibration manifest serves both and a second target (or a
+rerun) does not calibrate again. The TensorRT flavour's scales and biases are then tuned against FP32
+(tuning.py), and the manifest keeps those too.
 
 Every written model is validated with onnxruntime on the CPU against the FP32 model on the 10,000
 test images (accuracy, the difference in points, top-1 agreement). The figures are printed and stored
@@ -119,21 +122,21 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
 
         selection = mixed_precision.choose_float_convs(
             onnx_path, lambda path, convs: _write_int8(onnx_path, path, manifest, method, target, convs,
-                                                        calibration, None, log=lambda _: None),
+                                                        calibration, None),
             max_drop=max_validation_drop, data_dir=data_dir, log=log, keep_float=exclude)
         exclude = list(selection["float_convs"])
     tuned = None
     if steps:
         tuned = tuned_for(onnx_path, manifest, cifar, meta["normalization"], recipe(steps, seed, exclude),
                           lambda path: _write_int8(onnx_path, path, manifest, method, target, exclude, calibration,
-                                                   None, log=lambda _: None), log)
+                                                   None), log)
         calibration["tuned"] = tuned["recipe"]
 
     log(f"quantizing {onnx_path} for {target} ({flavour.activation_type} activations, QInt8 weights "
         f"per channel, QDQ on {', '.join(flavour.op_types)}"
         f"{'; float: ' + ', '.join(exclude) if exclude else ''})")
     with atomic_path(out) as tmp:
-        model = _write_int8(onnx_path, tmp, manifest, method, target, exclude, calibration, tuned, log)
+        model = _write_int8(onnx_path, tmp, manifest, method, target, exclude, calibration, tuned)
         validate_into(tmp, out, Path(reference or onnx_path), "int8", data_dir, verify, max_drop, log)
 
     if ranges_from is not None:
@@ -151,8 +154,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
 
 
 def _write_int8(onnx_path: Path, out: Path, manifest: Mapping[str, Any], method: str, target: str,
-                exclude: Sequence[str], calibration: Mapping[str, Any], tuned: Mapping[str, Any] | None,
-                log: Log) -> Any:
+                exclude: Sequence[str], calibration: Mapping[str, Any], tuned: Mapping[str, Any] | None) -> Any:
     """quantize_static with the manifest's ranges (those `tuned` has replaced) into `out` (the Convs
     `exclude` float), the tuned bias shifts and rtk metadata; returns the written model."""
     quantization = quantization_module()
