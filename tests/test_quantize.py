@@ -314,6 +314,16 @@ def test_cli_writes_both_flavours_beside_the_onnx_and_prints_a_summary(fp32_onnx
     written = [str(tmp_path / name) for name in ("model.int8.tensorrt.onnx", "model.int8.cpu.onnx")]
     assert result.stdout.strip().splitlines()[-2:] == written  # after the summary table, one path a line
     assert all(Path(path).is_file() for path in written)
+    # the TensorRT flavour was tuned by default (conftest cuts the default to 4 steps), the CPU one not
+    manifest = json.loads(next((tmp_path / "calib").glob("*.json")).read_text())
+    assert manifest["tuned"]["tensorrt"]["recipe"]["steps"] == 4 and set(manifest["tuned"]) == {"tensorrt"}
+    assert "tuned" in manifest["quantized"]["tensorrt"] and "tuned" not in manifest["quantized"]["cpu"]
+    untuned = CliRunner().invoke(main, ["quantize", "--onnx", str(source), "--num-images", str(CALIB_IMAGES),
+                                        "--no-verify", "--calib-dir", str(tmp_path / "calib"), "--target", "tensorrt",
+                                        "--tune-steps", "0", "--out", str(tmp_path / "untuned.onnx")])
+    assert untuned.exit_code == 0, untuned.output
+    meta = read_metadata(tmp_path / "untuned.onnx")
+    assert "tuned" not in meta["calibration"] and "tuned" in read_metadata(written[0])["calibration"]
 
 
 def test_cli_refuses_out_with_several_models(fp32_onnx, tmp_path):
