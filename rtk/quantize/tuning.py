@@ -49,15 +49,15 @@ def tuned_for(onnx_path: Path, manifest: dict[str, Any], cifar: data.Cifar10, no
     if isinstance(recorded, dict) and recorded.get("recipe") == wanted:
         log(f"reusing the tuned scales and biases in the manifest ({wanted['steps']} steps)")
         return recorded
-    graph = load_onnx(onnx_path).graph
-    convs = [node for node in graph.node if node.op_type == "Conv"]
-    (gemm,) = [node for node in graph.node if node.op_type == "Gemm"]
     with tempfile.TemporaryDirectory(prefix="rtk-tune-") as work:
         calibrated = Path(work) / "calibrated.onnx"
         write_calibrated(calibrated)
         images = cifar.train_images[np.asarray(manifest["indices"], dtype=np.int64)]
         result = qat.tune(onnx_path, calibrated, images, dict(normalization), steps=wanted["steps"],
                           seed=wanted["seed"], log=log)
+    graph = load_onnx(onnx_path).graph  # an rtk ResNet's, which qat.tune has checked
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    gemm = next(node for node in graph.node if node.op_type == "Gemm")
     tuned = {"recipe": dict(wanted),
              "ranges": {conv.input[0]: [-SYMMETRIC_LEVELS * scale, SYMMETRIC_LEVELS * scale]
                         for conv, scale in zip(convs, result["conv_input_scales"]) if scale is not None},
