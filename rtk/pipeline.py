@@ -188,7 +188,7 @@ def qat_int8(paths: RunPaths, onnx_path: Path, out: Path, *, epochs: int, method
              checkpoint: Path | None = None, data_dir: str | None = None, num_images: int = 1024, seed: int = 0,
              calib_dir: str | os.PathLike[str] | None = None, verify: bool = True, log: Log = info) -> Path:
     """The TensorRT-flavour QDQ model of a QAT-tuned checkpoint at `out`, and the checkpoint beside it
-    (`out` with .pt): PTQ of `onnx_path` for the Q/DQ and scales, rtk.qat.finetune, export of the tuned
+    (`out` with .pt): PTQ of `onnx_path` (untuned) for the Q/DQ and scales, rtk.qat.finetune, export of the tuned
     weights, quantize with the PTQ ranges (fixed in fine-tuning); validated against `onnx_path`."""
     import tempfile
 
