@@ -7,7 +7,8 @@ torch is imported inside the functions, so importing this module (rtk.train does
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from rtk.preprocess import normalization_from_metadata, normalization_metadata
 
@@ -43,20 +44,22 @@ def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 
 @functools.cache
-def _normalization_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(mean, std) float32 [1, 3, 1, 1] on `device` and the pixel scale; made once per device so a
-    training step copies nothing from the host (which would also break CUDA graph capture)."""
+def _normalization_on(device: torch.device, meta: str | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(mean, std) float32 [1, 3, 1, 1] on `device` and the pixel scale, of the normalization
+    metadata `meta` (JSON; None: rtk's own); made once per device so a training step copies nothing
+    from the host (which would also break CUDA graph capture)."""
     import torch
 
-    mean, std, scale = normalization_from_metadata(normalization_metadata())
+    mean, std, scale = normalization_from_metadata(meta if meta is not None else normalization_metadata())
     return torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), scale
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, 32, 32] -> float32 [N, 3, 32, 32]: (x / 255 - MEAN) / STD per channel, the same
-    arithmetic as rtk.preprocess.normalize_uint8_nhwc, on the images' device."""
+def normalize(images: torch.Tensor, meta: dict[str, Any] | None = None) -> torch.Tensor:
+    """uint8 [N, 3, 32, 32] -> float32 [N, 3, 32, 32]: (x / 255 - mean) / std per channel, the same
+    arithmetic as rtk.preprocess.normalize_uint8_nhwc, on the images' device; `meta` is an
+    artifact's normalization metadata (default: the CIFAR-10 statistics rtk trains with)."""
     import torch
 
-    mean, std, scale = _normalization_on(images.device)
+    mean, std, scale = _normalization_on(images.device, None if meta is None else json.dumps(meta, sort_keys=True))
     x = images.to(torch.float32)  # the one new tensor; the rest is in place
     return x.mul_(scale).sub_(mean).div_(std)

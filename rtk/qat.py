@@ -244,21 +244,19 @@ def tune(onnx_path: str | os.PathLike[str], qdq_path: str | os.PathLike[str], im
     Conv in graph order], "conv_bias_shifts": [[C_out floats] per Conv], "fc_bias_shift": [10
     floats], "logit_mse": {"calibrated", "tuned"}} (the MSE on `images`, unaugmented).
     """
+    import copy
+
     torch = require("torch")
-    from rtk.preprocess import normalization_from_metadata
-
-    teacher, student = folded_from_onnx(onnx_path), folded_from_onnx(onnx_path)
+    teacher = folded_from_onnx(onnx_path)
+    student = copy.deepcopy(teacher)
     fake = attach(student, *qdq_scales(qdq_path), learn_scales=True)
-    mean, std, scale = (torch.as_tensor(v) for v in normalization_from_metadata(normalization))
     nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # uint8 [N, 3, 32, 32]
-
-    def normalized(batch: torch.Tensor) -> torch.Tensor:
-        return (batch.to(torch.float32) * scale - mean) / std
 
     def mse() -> float:
         with torch.no_grad():
             return float(sum(((student(x) - teacher(x)) ** 2).sum() for x in
-                             (normalized(nchw[i:i + EVAL_BATCH]) for i in range(0, len(nchw), EVAL_BATCH)))
+                             (augment.normalize(nchw[i:i + EVAL_BATCH], normalization)
+                              for i in range(0, len(nchw), EVAL_BATCH)))
                          / (len(nchw) * teacher.num_classes))
 
     scales = [q.scale for q in fake.conv_inputs if q is not None]
@@ -278,7 +276,8 @@ def tune(onnx_path: str | os.PathLike[str], qdq_path: str | os.PathLike[str], im
     for step in range(steps):
         for group, peak in zip(optimizer.param_groups, peaks):
             group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / steps))
-        x = normalized(augment.augment(nchw[torch.randint(len(nchw), (TUNE_BATCH,), generator=generator)], generator))
+        x = augment.normalize(augment.augment(nchw[torch.randint(len(nchw), (TUNE_BATCH,), generator=generator)],
+                                              generator), normalization)
         with torch.no_grad():
             target = teacher(x)
         loss = torch.nn.functional.mse_loss(student(x), target)

@@ -28,7 +28,7 @@ from rtk import augment, data
 from rtk.cli import main
 from rtk.errors import RtkError
 from rtk.fileio import owned_temp_dir
-from rtk.preprocess import normalize_uint8_nhwc
+from rtk.preprocess import normalization_metadata, normalize_uint8_nhwc
 
 # ---------------------------------------------------------------------------------------------
 # Loading the fake data set (same pickle format as the real one, 20 images per batch)
@@ -443,6 +443,9 @@ def test_normalize_matches_the_runtime_preprocessing() -> None:
     normalized = augment.normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     assert normalized.dtype == torch.float32 and normalized.shape == (16, 3, 32, 32)
     np.testing.assert_array_equal(normalized.numpy(), normalize_uint8_nhwc(images))
+    other = normalization_metadata(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))  # weights trained elsewhere
+    np.testing.assert_array_equal(augment.normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), other)
+                                  .numpy(), normalize_uint8_nhwc(images, other))
 
 
 @pytest.mark.gpu
