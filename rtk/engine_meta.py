@@ -1,17 +1,26 @@
-"""The sidecar `<engine>.json` that `rtk build` writes next to every TensorRT engine, read in one place.
+"""The sidecar `<engine>.json` that `rtk build` writes next to every engine, read in one place.
 
 A serialized engine says nothing about itself without TensorRT, so the sidecar carries what apps,
-`rtk info`, `rtk deploy` and the C++ library (cpp/src/sidecar.cpp) need:
+`rtk info`, `rtk deploy` and the C++ library (cpp/src/sidecar.cpp) need. Every sidecar has
 
-    format "rtk.engine/1", tensorrt_version, gpu {name, compute_capability}, precision, depth,
-    inputs/outputs [{name, shape, dtype}], profile {min, opt, max} (batch sizes), onnx_sha256,
-    engine_sha256, normalization, classes, tf32, builder_optimization_level, layer_precisions
+    format "rtk.engine/1", runtime, precision, depth, inputs/outputs [{name, shape, dtype}],
+    profile {min, opt, max} (batch sizes), onnx (file name), onnx_sha256, engine_sha256,
+    normalization, classes, tf32, builder_optimization_level, conv_precisions (from the network
+    definition, before the build)
+
+and, by runtime (rtk.runtime.engines):
+
+    "tensorrt"      tensorrt_version, gpu {name, compute_capability}, layer_precisions (the engine
+                    inspector's count, after the build); a sidecar without "runtime" is TensorRT's
+    "tensorrt-rtx"  tensorrt_rtx_version, compute_capabilities ["8.6", ...] (the GPUs it runs on),
+                    builder_messages (what the builder logged at warning level or above)
 
 Only the standard library is imported: reading a sidecar needs neither TensorRT nor a GPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -45,6 +54,23 @@ def read_sidecar(engine: str | os.PathLike[str], *, verify_engine: bool = True) 
         found = sidecar.get("format") if isinstance(sidecar, dict) else f"a JSON {type(sidecar).__name__}"
         raise RtkError(f"{path} is not an rtk engine sidecar (format {found!r}, expected {FORMAT!r})")
     if verify_engine and sha256_file(engine) != sidecar.get("engine_sha256"):
-        raise RtkError(f"{engine} does not match its sidecar's engine_sha256: the engine was replaced "
-                       f"or truncated after `rtk build`; rebuild it")
+        raise _changed(engine)
     return sidecar
+
+
+def _changed(engine: Path) -> RtkError:
+    return RtkError(f"{engine} does not match its sidecar's engine_sha256: the engine was replaced "
+                    f"or truncated after `rtk build`; rebuild it")
+
+
+def read_engine(engine: str | os.PathLike[str]) -> tuple[bytes, dict[str, Any]]:
+    """(the engine's bytes, its sidecar), the bytes read once and checked against the sidecar's
+    engine_sha256; RtkError for a missing engine or sidecar, or a changed engine."""
+    engine = Path(engine)
+    if not engine.is_file():
+        raise RtkError(f"engine not found: {engine}")
+    sidecar = read_sidecar(engine, verify_engine=False)
+    plan = engine.read_bytes()
+    if hashlib.sha256(plan).hexdigest() != sidecar.get("engine_sha256"):
+        raise _changed(engine)
+    return plan, sidecar

@@ -27,24 +27,28 @@ class MissingDependency(RtkError):
 
 
 # Which extra of pyproject.toml brings each optional top-level module. "gpu" stands for the two
-# TensorRT extras, one per CUDA major (pyproject.toml): pip cannot tell which driver a machine has.
+# TensorRT extras, one per CUDA major (pyproject.toml): pip cannot tell which driver a machine has;
+# "rtx" for the two TensorRT-for-RTX extras, the same way.
 _EXTRA_FOR = {
     "onnx": "cpu",
     "onnxruntime": "cpu",
     "onnxscript": "cpu",
     "openvino": "openvino",
     "tensorrt": "gpu",
+    "tensorrt_rtx": "rtx",
     "polygraphy": "gpu",
     "cuda": "gpu",
     "pycuda": "pycuda",
     "matplotlib": "cpu",
 }
 GPU_INSTALL = "pip install 'rtk[gpu-cu13]' (CUDA 13 driver) or 'rtk[gpu-cu12]' (CUDA 12 driver)"
+# TensorRT for RTX builds without a GPU; running its engines needs the driver of the wheel's CUDA major.
+RTX_INSTALL = "pip install 'rtk[rtx-cu13]' (CUDA 13 driver) or 'rtk[rtx-cu12]' (CUDA 12 driver)"
 
 
 def install_hint(extra: str) -> str:
-    """The install command for an extra of pyproject.toml ("gpu": the two CUDA-major extras)."""
-    return GPU_INSTALL if extra == "gpu" else f"pip install 'rtk[{extra}]'"
+    """The install command for an extra of pyproject.toml ("gpu" and "rtx": two CUDA-major extras each)."""
+    return {"gpu": GPU_INSTALL, "rtx": RTX_INSTALL}.get(extra, f"pip install 'rtk[{extra}]'")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 INT8_TARGETS = ("tensorrt", "cpu")  # the two QDQ flavours rtk quantize writes
 # Backends a model can run on ("auto" picks one) and the precisions rtk bench measures.
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
+BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "openvino", "torch")
+# What `rtk build --runtime` builds engines for: TensorRT (on its GPU) or TensorRT for RTX (anywhere)
+ENGINE_RUNTIMES = ("tensorrt", "tensorrt-rtx")
 BENCH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
 # Adam steps of the TensorRT flavour's scale and bias tuning (rtk.quantize.tuning); ResNet-20: about

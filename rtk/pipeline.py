@@ -6,6 +6,7 @@
     runs/resnet<depth>/model.fp16.onnx         rtk quantize    rtk.quantize.convert_fp16
     runs/resnet<depth>/model.int8.<target>.onnx rtk quantize   rtk.quantize.quantize_int8 (target: tensorrt | cpu)
     runs/resnet<depth>/model.<precision>.plan  rtk build       rtk.build.build_engine (+ .plan.json sidecar)
+    runs/resnet<depth>/model.<precision>.rtx.plan  rtk build --runtime tensorrt-rtx (TensorRT for RTX)
     runs/resnet<depth>/bench.{json,md,png}     rtk bench       rtk.bench
 
 Stages never import each other; the `ensure_*` functions here produce a missing input from the
@@ -21,7 +22,7 @@ from typing import Any
 
 from rtk.errors import RtkError
 from rtk.log import Log, info
-from rtk.names import INT8_TARGETS
+from rtk.names import ENGINE_RUNTIMES, INT8_TARGETS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -58,8 +59,12 @@ class RunPaths:
         """The ONNX a TensorRT engine of `precision` is built from (strongly typed: precision lives in the ONNX)."""
         return {"fp32": self.onnx, "fp16": self.fp16_onnx}.get(precision) or self.int8_onnx("tensorrt")
 
-    def engine(self, precision: str) -> Path:
-        return self.root / f"model.{precision}.plan"
+    def engine(self, precision: str, runtime: str = "tensorrt") -> Path:
+        """model.<precision>.plan (TensorRT) or model.<precision>.rtx.plan (TensorRT for RTX): one of
+        each can sit side by side."""
+        if runtime not in ENGINE_RUNTIMES:
+            raise RtkError(f"unknown engine runtime {runtime!r}; choose one of {', '.join(ENGINE_RUNTIMES)}")
+        return self.root / f"model.{precision}{'.rtx' if runtime == 'tensorrt-rtx' else ''}.plan"
 
 
 def run_paths(depth: int, runs_dir: str | os.PathLike[str] | None = None) -> RunPaths:
@@ -154,9 +159,10 @@ def ensure_onnx_for(paths: RunPaths, precision: str, checkpoint: Path | None = N
 
 
 def ensure_engine(paths: RunPaths, precision: str, checkpoint: Path | None = None,
-                  data_dir: str | None = None, log: Log = info, **build_options: Any) -> Path:
-    """The engine of `precision`; a missing one is built with `build_options` (e.g. max_batch)."""
-    out = paths.engine(precision)
+                  data_dir: str | None = None, log: Log = info, runtime: str = "tensorrt",
+                  **build_options: Any) -> Path:
+    """The `runtime`'s engine of `precision`; a missing one is built with `build_options` (e.g. max_batch)."""
+    out = paths.engine(precision, runtime)
     onnx_path = ensure_onnx_for(paths, precision, checkpoint, data_dir, log)
     if out.is_file():
         from rtk.engine_meta import read_sidecar
@@ -165,10 +171,11 @@ def ensure_engine(paths: RunPaths, precision: str, checkpoint: Path | None = Non
         if read_sidecar(out, verify_engine=False).get("onnx_sha256") == sha256_file(onnx_path):
             return out
         log(f"{out} was built from another {onnx_path}: building it again")
-    log(f"building a {precision} TensorRT engine from {onnx_path}: {out}")
+    log(f"building {'a TensorRT for RTX' if runtime == 'tensorrt-rtx' else 'a TensorRT'} {precision} engine "
+        f"from {onnx_path}: {out}")
     from rtk import build
 
-    return build.build_engine(onnx_path, out, precision=precision, log=log, **build_options)
+    return build.build_engine(onnx_path, out, precision=precision, runtime=runtime, log=log, **build_options)
 
 
 def ensure_deploy_source(paths: RunPaths, precision: str, kind: str, checkpoint: Path | None = None,

@@ -123,7 +123,8 @@ def save_polygraphy_inputs(images: np.ndarray, path: Path) -> tuple[Path, int]:
 def check_precision(precision: str, args: argparse.Namespace, work: Path, images: np.ndarray,
                     labels: np.ndarray) -> dict[str, Any]:
     import rtk.runtime
-    from rtk.build import build_engine, read_engine_checked
+    from rtk.build import build_engine
+    from rtk.engine_meta import read_sidecar
     from rtk.pipeline import ensure_onnx_for, run_paths
 
     onnx_path = ensure_onnx_for(run_paths(args.depth, args.runs_dir), precision, data_dir=args.data_dir)
@@ -134,7 +135,7 @@ def check_precision(precision: str, args: argparse.Namespace, work: Path, images
         engine_logits = engine.logits(images)
     with rtk.runtime.load(onnx_path, backend="onnxruntime") as reference:
         reference_logits = reference.logits(images)
-    sidecar = read_engine_checked(plan)[1]
+    sidecar = read_sidecar(plan)
     result = {"onnx": str(onnx_path), "engine": str(plan), "tf32": sidecar["tf32"],
               "layer_precisions": sidecar["layer_precisions"],
               **compare(precision, engine_logits, reference_logits, labels)}
@@ -151,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tensorrt_version, gpu = builder_environment()  # TensorRT, Polygraphy and a CUDA device
-        from rtk.runtime import tensorrt_runner
+        from rtk.runtime.cuda import cuda_binding
 
-        tensorrt_runner.cuda_binding()  # the runner's device memory: cuda-python or pycuda
+        cuda_binding()  # the runner's device memory: cuda-python or pycuda
     except MissingDependency as exc:
         print(f"TensorRT check not run: {exc}", file=sys.stderr)
         return 2

@@ -31,9 +31,12 @@ from test_cpp import tiny_rtk_onnx
 from trt_standin import OTHER_GPU_CACHE, PLAN, forget_cached_tensorrt, make_tensorrt
 
 from rtk import build
+from rtk.build import inspector
 from rtk.cli import main
-from rtk.errors import MissingDependency, RtkError
+from rtk.engine_meta import read_engine, sidecar_path
+from rtk.errors import MissingDependency, RtkError, require
 from rtk.preprocess import CLASSES, normalization_metadata
+from rtk.runtime import engines
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_INSTALL = "pip install 'rtk[gpu-cu13]' (CUDA 13 driver) or 'rtk[gpu-cu12]' (CUDA 12 driver)"
@@ -126,31 +129,31 @@ FLOAT_ENGINE_OLD_NAMES = {
 
 
 def test_layer_precisions_are_counted_from_weights_and_formats():
-    assert build.count_layer_precisions(INT8_ENGINE_TRT10) == {"fp32": 3, "int8": 2}
-    assert build.count_layer_precisions(FP16_ENGINE_TRT11) == {"fp16": 3, "fp32": 1}  # 11.x: split fields
+    assert inspector.count_layer_precisions(INT8_ENGINE_TRT10) == {"fp32": 3, "int8": 2}
+    assert inspector.count_layer_precisions(FP16_ENGINE_TRT11) == {"fp16": 3, "fp32": 1}  # 11.x: split fields
     # fused layers (ConvActPool) name their weights "ConvWeights": the weights' type decides
     fused = {"Name": "conv1 + pool", "LayerType": "ConvActPool", "ConvWeights": {"Type": "Int8", "Count": 9408},
              "ConvBias": {"Type": "Float", "Count": 64}, "ConvHasSparseWeights": 0,
              "Inputs": [tensor("x", "Row major linear FP32", [32, 3, 224, 224])]}
-    assert build.layer_precision(fused) == "int8"
-    assert build.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES) == {"fp32": 1, "unknown": 1}
+    assert inspector.layer_precision(fused) == "int8"
+    assert inspector.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES) == {"fp32": 1, "unknown": 1}
     # LAYER_NAMES_ONLY verbosity lists names only: nothing can be claimed about precision
-    assert build.count_layer_precisions({"Layers": ["conv1", "conv2"], "Bindings": []}) == {"unknown": 2}
-    assert build.datatype_of("Thirty-two wide channel vectorized row major Int8 format.") == "int8"
-    assert build.datatype_of("Row major linear BFloat16") == "bf16"
-    assert build.datatype_of("N/A due to dynamic shapes") is None
+    assert inspector.count_layer_precisions({"Layers": ["conv1", "conv2"], "Bindings": []}) == {"unknown": 2}
+    assert inspector.datatype_of("Thirty-two wide channel vectorized row major Int8 format.") == "int8"
+    assert inspector.datatype_of("Row major linear BFloat16") == "bf16"
+    assert inspector.datatype_of("N/A due to dynamic shapes") is None
     with pytest.raises(RtkError, match="no 'Layers'"):
-        build.count_layer_precisions({"Bindings": []})
+        inspector.count_layer_precisions({"Bindings": []})
 
 
 def test_a_build_without_layers_of_its_precision_fails():
-    build.check_layer_precisions("int8", build.count_layer_precisions(INT8_ENGINE_TRT10), "model.int8.plan")
-    build.check_layer_precisions("fp16", build.count_layer_precisions(FP16_ENGINE_TRT11), "model.fp16.plan")
-    build.check_layer_precisions("fp32", build.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES), "model.fp32.plan")
+    inspector.check_layer_precisions("int8", inspector.count_layer_precisions(INT8_ENGINE_TRT10), "model.int8.plan")
+    inspector.check_layer_precisions("fp16", inspector.count_layer_precisions(FP16_ENGINE_TRT11), "model.fp16.plan")
+    inspector.check_layer_precisions("fp32", inspector.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES), "model.fp32.plan")
     with pytest.raises(RtkError, match=r"asked for int8 but TensorRT built no int8 layer \(1 fp32, 1 unknown\)"):
-        build.check_layer_precisions("int8", build.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES), "model.int8.plan")
+        inspector.check_layer_precisions("int8", inspector.count_layer_precisions(FLOAT_ENGINE_OLD_NAMES), "model.int8.plan")
     with pytest.raises(RtkError, match="no fp16 layer"):
-        build.check_layer_precisions("fp16", build.count_layer_precisions(INT8_ENGINE_TRT10), "model.fp16.plan")
+        inspector.check_layer_precisions("fp16", inspector.count_layer_precisions(INT8_ENGINE_TRT10), "model.fp16.plan")
 
 
 def real_report(precision: str) -> dict:
@@ -193,17 +196,17 @@ def test_real_inspector_reports_in_both_schemas(precision: str, expected: dict):
     report = real_report(precision)
     report11 = trt11_form(report)
     assert "Format/Datatype" not in json.dumps(report11) and "Bindings" not in report11
-    per_layer = [build.layer_precision(layer) for layer in report["Layers"]]
-    assert per_layer == [build.layer_precision(layer) for layer in report11["Layers"]]
-    assert build.count_layer_precisions(report) == build.count_layer_precisions(report11) == expected
+    per_layer = [inspector.layer_precision(layer) for layer in report["Layers"]]
+    assert per_layer == [inspector.layer_precision(layer) for layer in report11["Layers"]]
+    assert inspector.count_layer_precisions(report) == inspector.count_layer_precisions(report11) == expected
     assert sum(expected.values()) == len(report["Layers"])  # no layer unknown
-    build.check_layer_precisions(precision, expected, f"model.{precision}.plan")
+    inspector.check_layer_precisions(precision, expected, f"model.{precision}.plan")
     if precision == "int8":  # the fused ConvActPool layer states its weights as "ConvWeights"
         fused = next(layer for layer in report11["Layers"] if layer["LayerType"] == "ConvActPool")
-        assert "Weights" not in fused and build.layer_precision(fused) == "int8"
+        assert "Weights" not in fused and inspector.layer_precision(fused) == "int8"
     else:
         with pytest.raises(RtkError, match="no int8 layer"):
-            build.check_layer_precisions("int8", expected, "model.int8.plan")
+            inspector.check_layer_precisions("int8", expected, "model.int8.plan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,15 +216,16 @@ def test_real_inspector_reports_in_both_schemas(precision: str, expected: dict):
 def test_sidecar_has_the_common_format(tmp_path):
     metadata = {"depth": 20, "normalization": normalization_metadata(), "classes": list(CLASSES)}
     sidecar = build.engine_sidecar(
-        tensorrt_version="10.13.0.35", gpu=H100, precision="int8", metadata=metadata,
+        runtime_fields={"runtime": "tensorrt", "tensorrt_version": "10.13.0.35", "gpu": H100,
+                        "layer_precisions": {"int8": 20, "fp32": 3}}, precision="int8", metadata=metadata,
         inputs=[{"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32"}],
         outputs=[{"name": "logits", "shape": [-1, 10], "dtype": "float32"}],
         profile={"min": 1, "opt": 256, "max": 1024}, onnx_sha256="a" * 64, engine_sha256="b" * 64, tf32=True,
-        optimization_level=3, layer_precisions={"int8": 20, "fp32": 3}, build_seconds=12.0)
+        optimization_level=3, conv_precisions={"int8": 17, "fp32": 2}, build_seconds=12.0)
     assert set(sidecar) >= set(write_fake_engine(tmp_path / "fake.plan"))  # the format rtk.runtime and cpp/ read
-    assert set(sidecar) >= {"format", "tensorrt_version", "gpu", "precision", "depth", "inputs", "outputs",
-                            "profile", "onnx_sha256", "engine_sha256", "normalization", "classes", "tf32",
-                            "builder_optimization_level", "layer_precisions"}
+    assert set(sidecar) >= {"format", "runtime", "tensorrt_version", "gpu", "precision", "depth", "inputs",
+                            "outputs", "profile", "onnx_sha256", "engine_sha256", "normalization", "classes",
+                            "tf32", "builder_optimization_level", "layer_precisions", "conv_precisions"}
     assert sidecar["format"] == "rtk.engine/1" and sidecar["gpu"] == H100 and sidecar["build_seconds"] == 12.0
     json.dumps(sidecar)  # plain JSON
 
@@ -229,31 +233,54 @@ def test_sidecar_has_the_common_format(tmp_path):
 def test_engine_checks_refuse_a_changed_plan_and_name_version_or_gpu_mismatches(tmp_path, monkeypatch):
     plan = tmp_path / "model.int8.plan"
     sidecar = write_fake_engine(plan, precision="int8")
-    monkeypatch.setattr(build, "running_environment", lambda: ("10.13.0.42", H100))  # another build, same release
-    blob, loaded = build.load_engine_checked(plan)
+    assert engines.runtime_of(sidecar) is engines.TENSORRT  # written before sidecars named their runtime
+    environment = ("10.13.0.42", H100)  # another build of the same release
+    monkeypatch.setattr(engines, "running_environment", lambda runtime: environment)
+    blob, loaded = engines.load_engine_checked(plan)
     assert blob == plan.read_bytes() and loaded == sidecar
 
-    monkeypatch.setattr(build, "running_environment", lambda: ("11.0.0.10", H100))
+    environment = ("11.0.0.10", H100)
     with pytest.raises(RtkError, match=r"built with TensorRT 10\.13\.0\.35 but this is TensorRT 11\.0\.0\.10.*"
-                                       r"rtk build --precision int8"):
-        build.load_engine_checked(plan)
-    l4 = {"name": "NVIDIA L4", "compute_capability": "8.9"}
-    monkeypatch.setattr(build, "running_environment", lambda: ("10.13.0.35", l4))
+                                       r"rtk build --precision int8`$"):
+        engines.load_engine_checked(plan)
+    environment = ("10.13.0.35", {"name": "NVIDIA L4", "compute_capability": "8.9"})
     with pytest.raises(RtkError, match=r"built for NVIDIA H100 80GB HBM3 \(compute capability 9\.0\) but this GPU "
                                        r"is NVIDIA L4 \(compute capability 8\.9\)"):
-        build.load_engine_checked(plan)
-    assert build.compatibility_problems(sidecar, "10.13.0.35", H100) == []
+        engines.load_engine_checked(plan)
+    assert engines.compatibility_problems(sidecar, "10.13.0.35", H100) == []
 
     damaged = bytearray(plan.read_bytes())
     damaged[100] ^= 0xFF
     plan.write_bytes(bytes(damaged))
     with pytest.raises(RtkError, match="does not match its sidecar"):
-        build.load_engine_checked(plan)  # refused before TensorRT is even asked
-    build.sidecar_path(plan).unlink()
-    with pytest.raises(RtkError, match="has no sidecar"):
-        build.read_engine_checked(plan)
+        engines.load_engine_checked(plan)  # refused before TensorRT is even asked
+    sidecar_path(plan).unlink()
+    with pytest.raises(RtkError, match="model.int8.plan.json is missing"):
+        read_engine(plan)
     with pytest.raises(RtkError, match="engine not found"):
-        build.read_engine_checked(tmp_path / "missing.plan")
+        read_engine(tmp_path / "missing.plan")
+
+
+def test_a_tensorrt_rtx_engine_is_refused_on_a_gpu_it_was_not_built_for(tmp_path, monkeypatch):
+    """TensorRT for RTX engines run on the compute capabilities they were built for, in the release
+    that built them: one line before TensorRT for RTX is asked (H100/H200's 9.0 is no RTX target)."""
+    plan = tmp_path / "model.int8.rtx.plan"
+    sidecar = write_fake_engine(plan, precision="int8", runtime="tensorrt-rtx", tensorrt_rtx_version="1.7.1.116",
+                                compute_capabilities=["8.6", "8.9", "12.0"])
+    asked = []
+    environment = ("1.7.1.116", {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"})
+    monkeypatch.setattr(engines, "running_environment", lambda runtime: asked.append(runtime) or environment)
+    assert engines.load_engine_checked(plan)[1] == sidecar and asked == [engines.TENSORRT_RTX]
+    environment = ("1.7.1.116", H100)
+    with pytest.raises(RtkError, match=r"built for compute capabilities 8\.6, 8\.9, 12\.0 but this GPU is NVIDIA "
+                                       r"H100 80GB HBM3 \(compute capability 9\.0\).* `rtk build --precision int8 "
+                                       r"--runtime tensorrt-rtx --compute-capability 9\.0`$"):
+        engines.load_engine_checked(plan)
+    environment = ("1.8.0.5", {"name": "NVIDIA GeForce RTX 5090", "compute_capability": "12.0"})
+    with pytest.raises(RtkError, match=r"built with TensorRT for RTX 1\.7\.1\.116 but this is TensorRT for RTX 1\.8\.0\.5"):
+        engines.load_engine_checked(plan)
+    with pytest.raises(RtkError, match="names runtime 'tensorrt-xyz'"):
+        engines.runtime_of({"runtime": "tensorrt-xyz"})
 
 
 def test_build_refuses_an_onnx_of_another_precision_before_needing_tensorrt(tmp_path):
@@ -344,20 +371,20 @@ def test_no_cuda_device_is_one_clear_line(monkeypatch):
     fake_cuda_python(monkeypatch, count=0, error=100)
     with pytest.raises(MissingDependency, match=r"^no CUDA device \(cudaErrorNoDevice\): TensorRT needs an "
                                                 r"NVIDIA GPU and its driver$") as raised:
-        build.cuda_device()
+        engines.cuda_device()
     assert raised.value.exit_code == 2
     fake_cuda_python(monkeypatch, count=0)
     with pytest.raises(MissingDependency, match=r"no CUDA device \(0 devices\)"):
-        build.cuda_device()
+        engines.cuda_device()
     fake_cuda_python(monkeypatch, count=1)
-    assert build.cuda_device() == H100
+    assert engines.cuda_device() == H100
 
 
 def test_device_is_asked_through_pycuda_where_cuda_python_is_absent(monkeypatch):
     """The pycuda fallback: the GPU name and compute capability come from pycuda, not from a
     cuda-python that is not there (before, every TensorRT command exited 2 saying cuda was missing)."""
     fake_pycuda(monkeypatch)
-    assert build.cuda_device() == {"name": "NVIDIA L4", "compute_capability": "8.9"}
+    assert engines.cuda_device() == {"name": "NVIDIA L4", "compute_capability": "8.9"}
 
 
 def test_a_broken_install_is_a_missing_dependency_not_a_traceback(monkeypatch, tmp_path):
@@ -370,7 +397,7 @@ def test_a_broken_install_is_a_missing_dependency_not_a_traceback(monkeypatch, t
     with pytest.raises(MissingDependency, match=r"^broken_trt is installed but cannot be imported "
                                                 r"\(FileNotFoundError: .*libnvinfer.so.10.*\); reinstall it with: "
                                                 + re.escape(GPU_INSTALL)) as raised:
-        build.require("broken_trt", "gpu")
+        require("broken_trt", "gpu")
     assert raised.value.exit_code == 2
 
 
@@ -411,7 +438,7 @@ def standin(monkeypatch, tmp_path):
         trt = make_tensorrt(**kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         forget_cached_tensorrt()
-        monkeypatch.setattr(build, "cuda_device", lambda: H100)
+        monkeypatch.setattr(engines, "cuda_device", lambda extra="gpu": H100)
         return trt
 
     yield install
@@ -419,7 +446,7 @@ def standin(monkeypatch, tmp_path):
 
 
 def test_build_goes_through_polygraphy_with_rtk_settings(standin, tmp_path, capsys):
-    trt = standin(version="10.13.0.35", report=real_report("int8"))
+    trt = standin(version="10.13.0.35", report=real_report("int8"), convs=("int8", "int8"))
     onnx_path = tiny_rtk_onnx(tmp_path / "model.int8.tensorrt.onnx", precision="int8")
     (tmp_path / "timing.cache").write_bytes(b"timings of this GPU")
     logs: list[str] = []
@@ -440,11 +467,12 @@ def test_build_goes_through_polygraphy_with_rtk_settings(standin, tmp_path, caps
     assert fmt == trt.LayerInformationFormat.JSON and context is not None
 
     assert out.read_bytes() == PLAN
-    sidecar = json.loads(build.sidecar_path(out).read_text())
+    sidecar = json.loads(sidecar_path(out).read_text())
     assert sidecar["layer_precisions"] == {"fp32": 2, "int8": 22} and sidecar["tf32"] is True
-    assert sidecar["tensorrt_version"] == "10.13.0.35" and sidecar["gpu"] == H100
+    assert sidecar["conv_precisions"] == {"int8": 2}  # read from the network definition before the build
+    assert sidecar["runtime"] == "tensorrt" and sidecar["tensorrt_version"] == "10.13.0.35" and sidecar["gpu"] == H100
     assert sidecar["inputs"] == [{"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32"}]
-    assert json.loads(build.layers_path(out).read_text()) == real_report("int8")
+    assert json.loads(inspector.layers_path(out).read_text()) == real_report("int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # no .lock or temporary file left
         "model.int8.layers.json", "model.int8.plan", "model.int8.plan.json", "model.int8.tensorrt.onnx",
         "timing.cache"]
@@ -459,7 +487,7 @@ def test_build_goes_through_polygraphy_with_rtk_settings(standin, tmp_path, caps
 ])
 def test_strongly_typed_flag_is_looked_up_by_name(standin, tmp_path, version, strongly_typed_value, flags):
     report = real_report("fp16") if version.startswith("10.") else trt11_form(real_report("fp16"))
-    trt = standin(version=version, strongly_typed_value=strongly_typed_value, report=report)
+    trt = standin(version=version, strongly_typed_value=strongly_typed_value, report=report, convs=("fp16",))
     onnx_path = tiny_rtk_onnx(tmp_path / "model.fp16.onnx", precision="fp16")
     out = build.build_engine(onnx_path, tmp_path / "model.fp16.plan", precision="fp16", log=lambda _: None,
                              tf32=False, optimization_level=5, workspace_mb=64)
@@ -467,7 +495,7 @@ def test_strongly_typed_flag_is_looked_up_by_name(standin, tmp_path, version, st
     [built] = trt.calls["build"]
     assert trt.BuilderFlag.TF32 not in built["flags"] and built["level"] == 5  # --no-tf32 clears it
     assert trt.calls["set_memory_pool_limit"] == [(trt.MemoryPoolType.WORKSPACE, 64 << 20)]
-    assert json.loads(build.sidecar_path(out).read_text())["layer_precisions"] == {"fp16": 35, "fp32": 1}
+    assert json.loads(sidecar_path(out).read_text())["layer_precisions"] == {"fp16": 35, "fp32": 1}
 
 
 def test_a_timing_cache_of_another_gpu_is_replaced_not_merged(standin, tmp_path):
@@ -488,13 +516,17 @@ def test_a_timing_cache_of_another_gpu_is_replaced_not_merged(standin, tmp_path)
     ({"output_dtype": "BF16"}, "engine tensor 'logits' is BF16, which numpy has no type for"),
     ({"parse_errors": ("Pad mode reflect",)}, r"could not build an engine from .*: Could not parse ONNX correctly"),
     ({"report": {"Layers": [{"Name": "conv", "Weights": {"Type": "Float"}}]}}, "asked for int8 but TensorRT built"),
+    # the network definition's check, before the build: a Conv that lost its QDQ computes in float
+    ({"convs": ("int8", "fp32", "int8")}, r"1 of 3 Convs would not compute in int8 \(conv1 fp32, 0 listed float"),
 ])
 def test_each_tensorrt_refusal_is_one_error_and_leaves_no_engine(standin, tmp_path, refusal, message):
-    standin(**{"report": real_report("int8"), **refusal})
+    trt = standin(**{"report": real_report("int8"), "convs": ("int8",), **refusal})
     onnx_path = tiny_rtk_onnx(tmp_path / "model.int8.tensorrt.onnx", precision="int8")
     with pytest.raises(RtkError, match=message):
         build.build_engine(onnx_path, tmp_path / "model.int8.plan", precision="int8", log=lambda _: None)
     assert not (tmp_path / "model.int8.plan").exists() and not (tmp_path / "model.int8.plan.json").exists()
+    if "convs" in refusal:
+        assert trt.calls["parse_from_file"] and not trt.calls["build"]  # refused before the builder ran
 
 
 def test_a_shape_the_profile_refuses_is_one_error(standin, tmp_path, monkeypatch):
@@ -593,12 +625,13 @@ def test_gpu_check_polygraphy_comparison_is_a_command_polygraphy_accepts(tmp_pat
 
 
 def test_tensorrt_code_type_checks_against_the_stubs():
-    """mypy --strict on rtk/build.py and the TensorRT runner with typings/ (tensorrt: the documented
-    API, TensorRT ships no stubs; polygraphy: no py.typed marker). The stub marks what TensorRT may
-    return as None (create_execution_context, get_timing_cache), so an unchecked use fails here."""
+    """mypy --strict on rtk/build/ and the engine runners with typings/ (tensorrt: the documented API,
+    TensorRT ships no stubs; tensorrt_rtx: the same API and what TensorRT for RTX adds; polygraphy: no
+    py.typed marker). The stubs mark what may come back as None (create_execution_context,
+    get_timing_cache, create_runtime_config, ...), so an unchecked use fails here."""
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-error-summary",
-         "rtk/build.py", "rtk/runtime/tensorrt_runner.py"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-error-summary", "rtk/build",
+         "rtk/runtime/tensorrt_runner.py", "rtk/runtime/cuda.py", "rtk/runtime/engines.py"], cwd=ROOT, capture_output=True, text=True,
         timeout=300, check=False,
         env={**os.environ, "MYPYPATH": str(ROOT / "typings")})
     assert result.returncode == 0, result.stdout + result.stderr

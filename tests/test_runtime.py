@@ -177,12 +177,14 @@ def test_tensorrt_engine_without_tensorrt_is_a_missing_dependency(tmp_path, monk
 
 
 def test_tensorrt_device_memory_needs_cuda_python_or_pycuda(monkeypatch):
-    from rtk.runtime import tensorrt_runner
+    from rtk.runtime import cuda
 
     for module in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "pycuda", "pycuda.driver"):
         monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(MissingDependency, match="cuda-python or pycuda"):
-        tensorrt_runner.cuda_binding()
+    with pytest.raises(MissingDependency, match=r"cuda-python or pycuda.*rtk\[gpu-cu13\]"):
+        cuda.cuda_binding()
+    with pytest.raises(MissingDependency, match=r"cuda-python or pycuda.*rtk\[rtx-cu13\].*rtk\[rtx-cu12\]"):
+        cuda.cuda_binding("rtx")  # TensorRT for RTX's extras bring cuda-python
 
 
 def test_the_fastest_installed_onnx_backend_is_the_default(monkeypatch):
@@ -354,7 +356,7 @@ print("torch loaded:", "torch" in sys.modules)
 
 class FakeCuda:
     """Device memory as numpy buffers keyed by fake pointers, and "pinned" host arrays it hands out
-    and tracks; the interface of tensorrt_runner.CudaPython."""
+    and tracks; the interface of rtk.runtime.cuda.CudaPython."""
 
     def __init__(self) -> None:
         self.memory: dict[int, np.ndarray] = {}
@@ -435,7 +437,7 @@ def fake_engine(monkeypatch, tmp_path, cuda: Any, make_context) -> tuple:
     contexts with make_context(cuda, contexts), the sidecar checks faked."""
     import types
 
-    from rtk import build
+    from rtk.runtime import tensorrt_runner
 
     contexts: list = []
     engine = types.SimpleNamespace(create_execution_context=lambda: make_context(cuda, contexts))
@@ -445,7 +447,7 @@ def fake_engine(monkeypatch, tmp_path, cuda: Any, make_context) -> tuple:
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     plan = tmp_path / "model.fp16.plan"
     sidecar = write_fake_engine(plan, precision="fp16", profile=(1, 2, 4))
-    monkeypatch.setattr(build, "load_engine_checked", lambda path: (plan.read_bytes(), sidecar))
+    monkeypatch.setattr(tensorrt_runner, "load_engine_checked", lambda path: (plan.read_bytes(), sidecar))
     return plan, contexts
 
 
@@ -455,7 +457,7 @@ def fake_tensorrt(tmp_path, monkeypatch):
     from rtk.runtime import tensorrt_runner
 
     cuda = FakeCuda()
-    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda: cuda)
+    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda extra="gpu": cuda)
     plan, contexts = fake_engine(monkeypatch, tmp_path, cuda, FakeContext)
     return plan, cuda, contexts
 
@@ -487,7 +489,7 @@ def test_tensorrt_runner_checks_context_and_bindings(monkeypatch, tmp_path, make
     from rtk.runtime import tensorrt_runner
 
     cuda = FakeCuda()
-    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda: cuda)
+    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda extra="gpu": cuda)
     plan, _ = fake_engine(monkeypatch, tmp_path, cuda, make_context)
     model = rtk.runtime.load(plan)
     with pytest.raises(RtkError, match=message):
@@ -579,7 +581,7 @@ def test_stream_handles_avoid_the_deprecated_int_conversion(monkeypatch):
     """cuda-bindings 12.9.1/13 deprecate int(cudaStream_t) for cuda.bindings.utils.get_cuda_native_handle."""
     import types
 
-    from rtk.runtime import tensorrt_runner
+    from rtk.runtime import cuda
 
     class Stream:
         used_int = False
@@ -591,9 +593,9 @@ def test_stream_handles_avoid_the_deprecated_int_conversion(monkeypatch):
     utils = types.ModuleType("cuda.bindings.utils")
     utils.get_cuda_native_handle = lambda stream: 0x7F00
     monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
-    assert tensorrt_runner.native_handle(Stream()) == 0x7F00 and not Stream.used_int
+    assert cuda.native_handle(Stream()) == 0x7F00 and not Stream.used_int
     monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # cuda-python before 12.9.1: int() it is
-    assert tensorrt_runner.native_handle(Stream()) == 5 and Stream.used_int
+    assert cuda.native_handle(Stream()) == 5 and Stream.used_int
 
 
 def test_tensorrt_runner_gives_each_thread_its_own_context(fake_tensorrt):

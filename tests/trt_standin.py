@@ -49,9 +49,12 @@ class HostMemory:
 
 def make_tensorrt(*, version: str = "10.13.0.35", report: dict | None = None, strongly_typed_value: int | None = 1,
                   refuse_profile: bool = False, context_fails: bool = False, output_dtype: str = "FLOAT",
-                  parse_errors: tuple[str, ...] = ()) -> types.ModuleType:
+                  parse_errors: tuple[str, ...] = (), convs: tuple[str, ...] = ("fp32",)) -> types.ModuleType:
     """The stand-in module. strongly_typed_value: NetworkDefinitionCreationFlag.STRONGLY_TYPED's
-    value (1 in 10.x, 0 in 11.x) or None for a release without the member."""
+    value (1 in 10.x, 0 in 11.x) or None for a release without the member. convs: the precision of
+    each Convolution of the parsed network ("int8": data and kernel from IDequantizeLayers of INT8
+    constants, as the parser makes them of QDQ; "fp16": HALF data; "fp32": FLOAT data), named
+    conv0, conv1, ..."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     calls: dict[str, list[Any]] = defaultdict(list)
@@ -64,8 +67,8 @@ def make_tensorrt(*, version: str = "10.13.0.35", report: dict | None = None, st
     for name, members in {
         "BuilderFlag": ("TF32", "FP16", "INT8", "DIRECT_IO"), "MemoryPoolType": ("WORKSPACE",),
         "ProfilingVerbosity": ("LAYER_NAMES_ONLY", "NONE", "DETAILED"), "DeviceType": ("GPU", "DLA"),
-        "LayerType": ("SHAPE", "QUANTIZE", "DEQUANTIZE"), "LayerInformationFormat": ("ONELINE", "JSON"),
-        "TensorIOMode": ("NONE", "INPUT", "OUTPUT"), "DataType": ("FLOAT", "HALF", "BF16", "FP8", "INT8", "INT32"),
+        "LayerType": ("SHAPE", "QUANTIZE", "DEQUANTIZE", "CONVOLUTION", "CONSTANT"), "LayerInformationFormat": ("ONELINE", "JSON"),
+        "DataType": ("FLOAT", "HALF", "BF16", "FP8", "INT8", "INT32"),
     }.items():
         setattr(trt, name, enum.IntEnum(name, {member: i for i, member in enumerate(members)}))
 
@@ -89,23 +92,58 @@ def make_tensorrt(*, version: str = "10.13.0.35", report: dict | None = None, st
     trt.init_libnvinfer_plugins = lambda logger, namespace: True
 
     class Tensor:
-        def __init__(self, name: str, shape: tuple[int, ...]) -> None:
-            self.name, self.shape, self.is_shape_tensor, self.dtype = name, shape, False, trt.DataType.FLOAT
+        def __init__(self, name: str, shape: tuple[int, ...], dtype: Any = None) -> None:
+            self.name, self.shape, self.is_shape_tensor = name, shape, False
+            self.dtype = trt.DataType.FLOAT if dtype is None else dtype
+
+    class Layer:
+        def __init__(self, name: str, kind: Any, inputs: list[Tensor], output: Tensor) -> None:
+            self.name, self.type, self._inputs, self._output = name, kind, inputs, output
+            self.num_inputs, self.num_outputs = len(inputs), 1
+
+        def get_input(self, index: int) -> Tensor:
+            return self._inputs[index]
+
+        def get_output(self, index: int) -> Tensor:
+            return self._output
+
+    def layers_of(precisions: tuple[str, ...]) -> list[Layer]:
+        layers, float_type = [], {"fp16": trt.DataType.HALF, "int8": trt.DataType.FLOAT}
+        for i, precision in enumerate(precisions):
+            data = Tensor(f"x{i}", (-1, 16, 32, 32), float_type.get(precision, trt.DataType.FLOAT))
+            inputs = [data]
+            if precision == "int8":  # Constant(INT8) -> Dequantize for the kernel, Dequantize for the data
+                kernel = Tensor(f"w{i}", (16, 16, 3, 3))
+                for tensor, source in ((data, f"q{i}"), (kernel, f"wq{i}")):
+                    quantized = Tensor(source, tensor.shape, trt.DataType.INT8)
+                    layers.append(Layer(f"dq_{source}", trt.LayerType.DEQUANTIZE, [quantized], tensor))
+                inputs.append(kernel)
+            layers.append(Layer(f"conv{i}", trt.LayerType.CONVOLUTION, inputs,
+                                Tensor(f"y{i}", (-1, 16, 32, 32), data.dtype)))
+        return layers
 
     class Network:
-        num_inputs = 1
+        num_inputs = num_outputs = 1
 
         def __init__(self, flags: int) -> None:
             self.flags = flags
+            self.layers = layers_of(convs)
+            self.num_layers = len(self.layers)
 
         def get_input(self, index: int) -> Tensor:
             return Tensor("input", (-1, 3, 32, 32))
+
+        def get_output(self, index: int) -> Tensor:
+            return Tensor("logits", (-1, 10), getattr(trt.DataType, output_dtype))
+
+        def get_layer(self, index: int) -> Layer:
+            return self.layers[index]
 
         def get_flag(self, flag: Any) -> bool:
             return bool(self.flags & (1 << int(flag)))
 
         def __iter__(self):
-            return iter(())
+            return iter(self.layers)
 
     class Profile:
         def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
@@ -225,24 +263,7 @@ def make_tensorrt(*, version: str = "10.13.0.35", report: dict | None = None, st
             calls["inspector"].append((fmt, self.execution_context))
             return json.dumps(report if report is not None else {"Layers": []})
 
-    io_tensors = [("input", trt.TensorIOMode.INPUT, (-1, 3, 32, 32), trt.DataType.FLOAT),
-                  ("logits", trt.TensorIOMode.OUTPUT, (-1, 10), getattr(trt.DataType, output_dtype))]
-
     class Engine:
-        num_io_tensors = len(io_tensors)
-
-        def get_tensor_name(self, index: int) -> str:
-            return io_tensors[index][0]
-
-        def get_tensor_mode(self, name: str) -> Any:
-            return next(t[1] for t in io_tensors if t[0] == name)
-
-        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-            return next(t[2] for t in io_tensors if t[0] == name)
-
-        def get_tensor_dtype(self, name: str) -> Any:
-            return next(t[3] for t in io_tensors if t[0] == name)
-
         def create_execution_context(self) -> Context | None:
             return None if context_fails else Context()
 

@@ -5,7 +5,8 @@
     pred = model.predict(images)        # uint8 [N, 32, 32, 3] RGB -> Prediction(classes, probs)
 
 Importing this package needs numpy only: torch is imported for .pt checkpoints alone, onnxruntime /
-OpenVINO for .onnx files, tensorrt and cuda-python for .plan engines. On a GPU:
+OpenVINO for .onnx files, tensorrt (or tensorrt_rtx, as the engine's sidecar says) and cuda-python
+for .plan engines. On a GPU:
 
     model = rtk.runtime.load("runs/resnet20/model.fp16.onnx", device="cuda")   # onnxruntime-gpu, CUDA
 """
@@ -23,7 +24,8 @@ from rtk.runtime.model import Model, Prediction
 
 __all__ = ["BACKENDS", "DEVICES", "Model", "Prediction", "load", "make_runner", "onnx_backend", "open_model"]
 
-BACKEND_FOR_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".pt": "torch"}  # .onnx: onnxruntime or openvino
+ENGINE_SUFFIXES = (".plan", ".engine")  # TensorRT or TensorRT for RTX, as the sidecar says
+BACKEND_FOR_SUFFIX = {".pt": "torch"}  # .onnx: onnxruntime or openvino
 
 
 def installed(module: str) -> bool:
@@ -68,6 +70,11 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
     if device not in DEVICES:
         raise RtkError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     natural = BACKEND_FOR_SUFFIX.get(path.suffix)
+    if path.suffix in ENGINE_SUFFIXES:
+        from rtk.engine_meta import read_sidecar
+        from rtk.runtime.engines import runtime_of
+
+        natural = runtime_of(read_sidecar(path, verify_engine=False)).name
     if path.suffix == ".onnx":
         if backend == "auto":  # onnxruntime is rtk's one ONNX backend for CUDA
             backend = "onnxruntime" if device == "cuda" else onnx_backend(_onnx_precision(path))
@@ -86,6 +93,10 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
         from rtk.runtime.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(str(path))
+    if backend == "tensorrt-rtx":
+        from rtk.runtime.tensorrt_runner import TensorRTRTXRunner
+
+        return TensorRTRTXRunner(str(path))
     if backend == "torch":
         from rtk.runtime.torch_runner import TorchRunner
 
@@ -103,15 +114,15 @@ def load(path: str | os.PathLike[str], backend: str = "auto", precision: str | N
          threads: int | None = None, device: str = "cpu") -> Model:
     """Load an rtk artifact for inference; see Model for predict() and the errors it raises.
 
-    backend: "auto" (the file's own: TensorRT for .plan, torch for .pt; for .onnx onnxruntime on
-    device "cuda", else the fastest installed of OpenVINO / onnxruntime), or one of "onnxruntime",
-    "openvino", "tensorrt", "torch".
+    backend: "auto" (the file's own: for .plan TensorRT or TensorRT for RTX, as its sidecar says;
+    torch for .pt; for .onnx onnxruntime on device "cuda", else the fastest installed of OpenVINO /
+    onnxruntime), or one of "onnxruntime", "openvino", "tensorrt", "tensorrt-rtx", "torch".
     precision: for OpenVINO "fp32" (true f32) or "bf16" on an FP32 ONNX; for torch "fp32", "fp16",
     "bf16"; elsewhere the file's own precision. threads: CPU threads (default: the backend's own).
     device: "cpu" (the default, also on a machine with a GPU) or "cuda": torch checkpoints on the
     GPU, ONNX files through onnxruntime's CUDAExecutionProvider (the onnxruntime-gpu package; a
     MissingDependency where it, a GPU or its CUDA libraries are absent, never a quiet CPU run).
-    TensorRT engines always run on CUDA.
+    TensorRT and TensorRT-for-RTX engines always run on CUDA.
     """
     return open_model(make_runner(path, backend, precision, threads, device))
 

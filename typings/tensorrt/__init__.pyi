@@ -14,7 +14,9 @@
 #   ICudaEngine, TensorIOMode                infer/Core/Engine.html
 #   IExecutionContext                        infer/Core/ExecutionContext.html
 #   EngineInspector, LayerInformationFormat  infer/Core/EngineInspector.html
-#   Logger                                   infer/Core/Logger.html
+#   Logger, ILogger                          infer/Core/Logger.html
+#   INetworkDefinition, ILayer, LayerType    infer/Graph/Network.html, infer/Graph/Layers.html
+#   ITensor                                  infer/Graph/LayerBase.html
 #   DataType, nptype, Dims, IHostMemory      infer/FoundationalTypes/{DataType,Dims,IHostMemory}.html
 #   OnnxParser, ParserError, ErrorCode       parsers/Onnx/pyOnnx.html
 # NetworkDefinitionCreationFlag.STRONGLY_TYPED is deprecated (ignored) in 11.0, where strong typing
@@ -47,7 +49,11 @@ class IHostMemory:
     nbytes: int
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
-class Logger:
+class ILogger:
+    def __init__(self) -> None: ...
+    def log(self, severity: Logger.Severity, msg: str) -> None: ...
+
+class Logger(ILogger):
     class Severity(Enum):
         INTERNAL_ERROR = ...
         ERROR = ...
@@ -65,7 +71,30 @@ class NetworkDefinitionCreationFlag(Enum):
     STRONGLY_TYPED = ...  # 1 in 10.x; deprecated and 0 in 11.x, where strong typing is always on
     def __int__(self) -> int: ...  # pybind11 enums convert to their value: 1 << int(flag)
 
-class INetworkDefinition: ...
+class LayerType(Enum):
+    CONVOLUTION = ...
+    DEQUANTIZE = ...
+
+class ITensor:
+    name: str
+    shape: Dims
+    dtype: DataType
+
+class ILayer:
+    name: str
+    type: LayerType
+    num_inputs: int
+    num_outputs: int
+    def get_input(self, index: int) -> ITensor | None: ...  # None for an optional input left out
+    def get_output(self, index: int) -> ITensor: ...
+
+class INetworkDefinition:
+    num_layers: int
+    num_inputs: int
+    num_outputs: int
+    def get_layer(self, index: int) -> ILayer: ...
+    def get_input(self, index: int) -> ITensor: ...
+    def get_output(self, index: int) -> ITensor: ...
 
 class MemoryPoolType(Enum):
     WORKSPACE = ...
