@@ -7,6 +7,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from types import ModuleType
 
@@ -55,6 +56,13 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     """(1, 20, 1) from "1.20.1", "1.20.1rc2" or "1.20.1+cu124"."""
     match = re.match(r"\d+(?:\.\d+)*", version)
     return tuple(int(part) for part in match.group().split(".")) if match else ()
+
+
+def require_installed(module: str, extra: str) -> None:
+    """MissingDependency, as require() words it, unless `module` is installed; without importing it
+    (for a package that another process imports)."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependency(f"{module} is not installed; install it with: {install_hint(extra)}")
 
 
 def require(module: str, extra: str | None = None, min_version: str | None = None) -> ModuleType:

@@ -39,7 +39,7 @@ from typing import Any
 
 from rtk.engine_meta import FORMAT as ENGINE_FORMAT
 from rtk.engine_meta import sidecar_path
-from rtk.errors import RtkError, require
+from rtk.errors import RtkError, require, require_installed
 from rtk.fileio import atomic_path, provenance, sha256_file, write_text_atomic
 from rtk.log import Log, info
 from rtk.names import with_article
@@ -54,15 +54,12 @@ PRECISIONS = ("fp32", "fp16", "int8")
 POLYGRAPHY_MIN_VERSION = "0.53.6"
 
 
-def builder_environment(runtime: str = TENSORRT.name) -> tuple[str, dict[str, str] | None]:
-    """(version of the runtime, the GPU a TensorRT engine is built for; None for TensorRT for RTX,
-    which builds without one); MissingDependency (exit 2) for a missing package or device."""
+def builder_environment(runtime: str = TENSORRT.name) -> tuple[str, dict[str, str]] | None:
+    """TensorRT: (its version, the GPU the engine is built for). TensorRT for RTX: None, after checking
+    that it is installed; it needs no GPU, and it is imported by its build process alone
+    (rtk.build.rtx_builder). MissingDependency (exit 2) for a missing package or device."""
     engine = engine_runtime(runtime)
-    environment: tuple[str, dict[str, str] | None]
-    if engine is TENSORRT:
-        environment = running_environment(engine)
-    else:
-        environment = (str(require(engine.module, engine.extra).__version__), None)
+    environment = running_environment(engine) if engine is TENSORRT else require_installed(engine.module, engine.extra)
     require("polygraphy", engine.extra, min_version=POLYGRAPHY_MIN_VERSION)
     return environment
 
@@ -137,12 +134,12 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
         raise RtkError(f"batch profile must satisfy 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}")
     onnx_path, out = Path(onnx_path), Path(out)
     metadata, float_convs = _checked_source(onnx_path, precision)
-    version, gpu = builder_environment(runtime)
+    environment = builder_environment(runtime)
     batches = (min_batch, opt_batch, max_batch)
-    if rtx:
+    if environment is None:
         from rtk.build import rtx_builder
 
-        log(f"building {with_article(precision)} TensorRT for RTX {version} engine from {onnx_path} "
+        log(f"building {with_article(precision)} TensorRT for RTX engine from {onnx_path} "
             f"(batch {min_batch}/{opt_batch}/{max_batch}, compute capabilities "
             f"{', '.join(compute_capabilities) or 'Ampere and later'}, TF32 {'on' if tf32 else 'off'}, "
             f"optimization level {optimization_level}), in a build process of its own")
@@ -152,9 +149,8 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     else:
         from rtk.build import tensorrt_builder
 
-        assert gpu is not None
         built = tensorrt_builder.build(onnx_path, out, precision=precision, float_convs=float_convs,
-                                       environment=(version, gpu), batches=batches, workspace_mb=workspace_mb,
+                                       environment=environment, batches=batches, workspace_mb=workspace_mb,
                                        optimization_level=optimization_level, tf32=tf32,
                                        timing_cache=None if timing_cache is None else Path(timing_cache), log=log)
     log(f"Convs per precision in the network definition: "
@@ -168,5 +164,6 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     with atomic_path(out) as tmp:
         tmp.write_bytes(built.plan)
         write_text_atomic(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
-    log(f"wrote {out} ({len(built.plan):,} bytes, built in {built.seconds:.1f} s) and {sidecar_path(out).name}")
+    log(f"wrote {out} ({len(built.plan):,} bytes, built by {built.product} in {built.seconds:.1f} s) and "
+        f"{sidecar_path(out).name}")
     return out

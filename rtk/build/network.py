@@ -132,6 +132,7 @@ class Built:
     """What a runtime's build hands rtk.build.build_engine for the engine file and its sidecar."""
 
     plan: bytes
+    product: str  # the runtime and its version, "TensorRT 10.13.0.35"
     seconds: float
     conv_precisions: dict[str, int]  # NetworkCheck.counts
     tensors: dict[str, list[dict[str, Any]]]  # NetworkCheck.tensors

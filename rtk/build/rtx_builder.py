@@ -83,11 +83,11 @@ def build(onnx_path: Path, *, precision: str, float_convs: list[str], compute_ca
         if result.get("error"):
             raise RtkError(result["error"])
         plan = plan_path.read_bytes()
-    return Built(plan=plan, seconds=result["seconds"], conv_precisions=result["conv_precisions"],
-                 tensors=result["tensors"], fields={
-        "tensorrt_rtx_version": result["version"], "compute_capabilities": result["compute_capabilities"],
-        "builder_messages": result["messages"]},
-        packages=("tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy", "onnx"))
+    fields = {"tensorrt_rtx_version": result["version"], "compute_capabilities": result["compute_capabilities"],
+              "builder_messages": result["messages"]}
+    return Built(plan=plan, product=f"{PRODUCT} {result['version']}", seconds=result["seconds"],
+                 conv_precisions=result["conv_precisions"], tensors=result["tensors"], fields=fields,
+                 packages=("tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy", "onnx"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,10 +108,11 @@ def build(onnx_path: Path, out: Path, *, precision: str, float_convs: list[str],
     counts = count_layer_precisions(report)
     log(f"layers per precision: {', '.join(f'{p} {n}' for p, n in counts.items())} (report: {layers_path(out)})")
     check_layer_precisions(precision, counts, out.name)
-    return Built(plan=plan, seconds=seconds, conv_precisions=check.counts, tensors=check.tensors, fields={
-        "tensorrt_version": tensorrt_version, "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
-        "layer_precisions": counts, "layers": layers_path(out).name},
-        packages=("tensorrt", "polygraphy", "onnx", "cuda-python"))
+    fields = {"tensorrt_version": tensorrt_version,
+              "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
+              "layer_precisions": counts, "layers": layers_path(out).name}
+    return Built(plan=plan, product=f"TensorRT {tensorrt_version}", seconds=seconds, conv_precisions=check.counts,
+                 tensors=check.tensors, fields=fields, packages=("tensorrt", "polygraphy", "onnx", "cuda-python"))
 
 
 def _inspect(trt_module: Any, plan: bytes, opt_batch: int, onnx_path: Path) -> Any:
