@@ -116,8 +116,12 @@ def _read_onnx(path: Path) -> ServedModel:
 
 def _read_engine(path: Path) -> ServedModel:
     from rtk.engine_meta import read_sidecar
+    from rtk.runtime.engines import TENSORRT, runtime_of
 
     sidecar = read_sidecar(path)
+    if runtime_of(sidecar) is not TENSORRT:
+        raise RtkError(f"{path} is a {runtime_of(sidecar).product} engine: Triton's tensorrt backend runs TensorRT "
+                       "engines; serve the ONNX file it was built from, or a TensorRT engine")
     try:
         (inp,), (out,) = sidecar["inputs"], sidecar["outputs"]
         metadata = {key: sidecar[key] for key in ("depth", "precision", "normalization", "classes",

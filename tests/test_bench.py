@@ -134,9 +134,11 @@ def test_auto_on_a_gpu():
     assert (choice.backend, choice.device) == ("tensorrt", "cuda") and "NVIDIA H100" in choice.reason
     choice = choose_backend("auto", "NVIDIA H100", have("onnxruntime"), gpu_package)
     assert (choice.backend, choice.device) == ("onnxruntime", "cuda") and "onnxruntime-gpu is" in choice.reason
-    choice = choose_backend("auto", "NVIDIA H100", have("onnxruntime"), cpu_package)
-    assert (choice.backend, choice.device) == ("torch", "cuda")
+    choice = choose_backend("auto", "NVIDIA H100", have("onnxruntime", "tensorrt_rtx"), cpu_package)
+    assert (choice.backend, choice.device) == ("torch", "cuda")  # TensorRT for RTX only when asked for
     assert "TensorRT is not installed" in choice.reason
+    choice = choose_backend("tensorrt-rtx", "NVIDIA GeForce RTX 4090", have("tensorrt_rtx"), cpu_package)
+    assert (choice.backend, choice.device) == ("tensorrt-rtx", "cuda")
 
 
 def test_onnxruntime_asked_for_on_a_gpu_runs_on_cuda_only_with_the_gpu_package():
@@ -152,6 +154,8 @@ def test_onnxruntime_asked_for_on_a_gpu_runs_on_cuda_only_with_the_gpu_package()
     ("tensorrt", None, (), "TensorRT is not installed"),
     ("tensorrt", "NVIDIA H100", (), "TensorRT is not installed"),
     ("tensorrt", None, ("tensorrt",), "no CUDA device"),
+    ("tensorrt-rtx", "NVIDIA GeForce RTX 4090", ("tensorrt",), r"TensorRT for RTX is not installed.*rtk\[rtx-cu13\]"),
+    ("tensorrt-rtx", None, ("tensorrt_rtx",), "no CUDA device"),
     ("openvino", None, ("onnxruntime",), "openvino is not installed"),
     ("auto", None, (), "no CPU backend installed"),
 ])
@@ -203,8 +207,8 @@ def test_cli_without_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
 def test_plan_on_a_gpu_has_the_torch_variants_and_engines_for_every_batch(tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(pipeline, "ensure_engine",
-                        lambda paths, precision, *args, **options: built.append((precision, options))
-                        or paths.engine(precision))
+                        lambda paths, precision, *args, runtime, **options: built.append((precision, options))
+                        or paths.engine(precision, runtime))
     paths = pipeline.run_paths(20, tmp_path)
     choice = BackendChoice("tensorrt", "cuda", "test")
     rows, notes = plan_rows(choice, BenchConfig(precisions=("bf16", "int8")), paths,
@@ -218,6 +222,10 @@ def test_plan_on_a_gpu_has_the_torch_variants_and_engines_for_every_batch(tmp_pa
     rows, _ = plan_rows(choice, config, paths, tmp_path / "c.pt", (1, 8), lambda message: None)
     assert "torch compile fp16 True" not in [row.key for row in rows]
     assert built[-1] == ("fp32", {"max_batch": ENGINE_MAX_BATCH})
+    # TensorRT for RTX: its own engine file, beside TensorRT's
+    rows, _ = plan_rows(BackendChoice("tensorrt-rtx", "cuda", "test"), config, paths, tmp_path / "c.pt", (1, 8),
+                        lambda message: None)
+    assert rows[-1].key == "tensorrt-rtx fp32" and rows[-1].artifact == paths.root / "model.fp32.rtx.plan"
 
 
 def test_plan_for_onnxruntime_on_a_gpu_has_its_cuda_rows_next_to_the_torch_ones(tmp_path, monkeypatch):

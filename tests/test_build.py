@@ -423,7 +423,13 @@ def test_gpu_extras_keep_one_cuda_major_and_a_cuda_python_with_bindings_runtime(
         assert {"10.13.3", "11.4.0"} <= {v for v in ("10.13.3", "11.4.0", "12.0.0")
                                           if v in requirements[f"tensorrt-cu{major}"].specifier}
         assert "0.53.6" in requirements["polygraphy"].specifier and "0.53.4" not in requirements["polygraphy"].specifier
-    assert "gpu" not in extras  # one extra that mixes majors would be picked by habit
+        rtx = {r.name: r for r in map(Requirement, extras[f"rtx-cu{major}"])}  # TensorRT for RTX: the same rule
+        assert set(rtx) >= {f"tensorrt-rtx-cu{major}", "cuda-python", "polygraphy"}
+        assert f"{major}.9.9" in rtx["cuda-python"].specifier and f"{int(major) + 1}.0.0" not in rtx["cuda-python"].specifier
+        assert "1.7.1.116" in rtx[f"tensorrt-rtx-cu{major}"].specifier
+    assert "gpu" not in extras and "rtx" not in extras  # one extra that mixes majors would be picked by habit
+    dev = {r.name: r for r in map(Requirement, extras["dev"])}  # the tests build real TensorRT-for-RTX engines
+    assert "1.7.1.116" in dev["tensorrt-rtx-cu13"].specifier and "cuda-python" not in dev
 
 
 # ---------------------------------------------------------------------------------------------

@@ -314,6 +314,8 @@ def _bad_source(case: str, exported_onnx: Path, tmp_path: Path) -> list[object]:
         Path(f"{engine}.json").write_text(json.dumps(sidecar))
     elif case == "engine on cpu":
         return ["--source", engine, "--kind", "cpu"]
+    elif case == "tensorrt for rtx engine":
+        write_fake_engine(engine, runtime="tensorrt-rtx")
     elif case == "max batch above the profile":
         return ["--source", engine, "--max-batch", 512]
     elif case == "preferred above max batch":
@@ -341,6 +343,7 @@ def _bad_source(case: str, exported_onnx: Path, tmp_path: Path) -> list[object]:
     ("sidecar of another format", "is not an rtk engine sidecar (format 'something/2'"),
     ("sidecar without profile", "model.fp32.plan.json has no 'profile' field"),
     ("engine on cpu", "runs only on a GPU"),
+    ("tensorrt for rtx engine", "is a TensorRT for RTX engine: Triton's tensorrt backend runs TensorRT engines"),
     ("max batch above the profile", "the engine's optimization profile ends at 256"),
     ("preferred above max batch", "preferred batch sizes [128] are outside 1..64"),
     ("wrong precision", "is an fp32 model, not int8"),

@@ -618,6 +618,133 @@ def test_tensorrt_runner_gives_each_thread_its_own_context(fake_tensorrt):
     model.close()
 
 
+# ---------------------------------------------------------------- TensorRT for RTX runner, no GPU
+# No RTX GPU is reachable (the lent H200 is compute capability 9.0, which TensorRT for RTX refuses):
+# a stand-in tensorrt_rtx module checks the calls rtk makes as NVIDIA/TensorRT-RTX's samples make them
+# (runtime config, runtime cache, strategies, contexts from the config) and what rtk does with the
+# answers; the compatibility checks before it are rtk's real ones. Nothing here is TensorRT's result.
+
+
+class FakeRuntimeCache:
+    """IRuntimeCache: deserialize() takes only blobs it could have written (False for another GPU's)."""
+
+    def __init__(self) -> None:
+        self.kernels: list[str] = []
+
+    def deserialize(self, blob: bytes) -> bool:
+        if not blob.startswith(b"kernels:"):
+            return False
+        self.kernels = [k for k in blob.decode().removeprefix("kernels:").split(",") if k]
+        return True
+
+    def serialize(self) -> bytes:
+        return ("kernels:" + ",".join(self.kernels)).encode()
+
+
+def fake_rtx(monkeypatch, tmp_path, environment: dict) -> tuple:
+    """(engine path, FakeCuda, the fake module's record of calls): tensorrt_rtx replaced by a stand-in
+    whose contexts (FakeContext) come from a runtime config and add a kernel to its runtime cache;
+    running_environment says `environment` ({"name", "compute_capability"}, TensorRT for RTX 1.7.1)."""
+    import enum
+    import types
+
+    from rtk.runtime import engines, tensorrt_runner
+
+    cuda, calls = FakeCuda(), {"deserialized": 0, "configs": [], "contexts": []}
+    fake = types.ModuleType("tensorrt_rtx")
+    fake.CudaGraphStrategy = enum.Enum("CudaGraphStrategy", "DISABLED WHOLE_GRAPH_CAPTURE")
+    fake.DynamicShapesKernelSpecializationStrategy = enum.Enum("DynamicShapesKernelSpecializationStrategy",
+                                                               "LAZY EAGER NONE")
+
+    class RuntimeConfig:
+        cuda_graph_strategy = fake.CudaGraphStrategy.DISABLED
+        dynamic_shapes_kernel_specialization_strategy = fake.DynamicShapesKernelSpecializationStrategy.LAZY
+        cache: FakeRuntimeCache | None = None
+
+        def create_runtime_cache(self) -> FakeRuntimeCache:
+            return FakeRuntimeCache()
+
+        def set_runtime_cache(self, cache: FakeRuntimeCache) -> bool:
+            self.cache = cache
+            return True
+
+    class Engine:
+        def create_runtime_config(self) -> RuntimeConfig:
+            calls["configs"].append(RuntimeConfig())
+            return calls["configs"][-1]
+
+        def create_execution_context(self, config: RuntimeConfig | None = None) -> FakeContext:
+            assert config is not None and config.cache is not None, "a context without the runtime config"
+            config.cache.kernels.append(f"context{len(calls['contexts'])}")  # the JIT's result, kept
+            return FakeContext(cuda, calls["contexts"])
+
+    def deserialize(plan: bytes) -> Engine:
+        calls["deserialized"] += 1
+        return Engine()
+
+    fake.Logger = lambda severity: None
+    fake.Logger.WARNING = "warning"
+    fake.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=deserialize)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", fake)
+    monkeypatch.setattr(tensorrt_runner, "cuda_binding", lambda extra="gpu": cuda)
+    monkeypatch.setattr(engines, "running_environment", lambda runtime: ("1.7.1.116", environment))
+    plan = tmp_path / "model.fp16.rtx.plan"
+    write_fake_engine(plan, precision="fp16", profile=(1, 2, 4), runtime="tensorrt-rtx",
+                      tensorrt_rtx_version="1.7.1.116", compute_capabilities=["8.6", "8.9", "12.0"])
+    return plan, cuda, calls
+
+
+RTX_4090 = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
+
+
+def test_tensorrt_rtx_runner_compiles_once_into_a_runtime_cache_beside_the_engine(monkeypatch, tmp_path):
+    from rtk.runtime.tensorrt_runner import runtime_cache_path
+
+    plan, cuda, calls = fake_rtx(monkeypatch, tmp_path, RTX_4090)
+    cache_file = runtime_cache_path(plan)
+    assert cache_file.name == "model.fp16.rtx.runtime.cache"
+    x = images(6)
+    with rtk.runtime.load(plan) as model:  # the sidecar says tensorrt-rtx: the RTX runner, backend auto
+        assert (model.backend, model.precision, model.runner.max_batch) == ("tensorrt-rtx", "fp16", 4)
+        np.testing.assert_allclose(model.logits(x), Model(FakeRunner()).logits(x), rtol=1e-6)
+        [config] = calls["configs"]
+        assert config.cuda_graph_strategy.name == "WHOLE_GRAPH_CAPTURE"
+        assert config.dynamic_shapes_kernel_specialization_strategy.name == "EAGER"
+        assert not cache_file.exists()  # written when the model is closed
+    assert cuda.memory == {} and cuda.streams == set() and cuda.pinned == []
+    assert cache_file.read_bytes() == b"kernels:context0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a cache of this GPU loads without a word
+        with rtk.runtime.load(plan) as model:
+            model.logits(x)
+            assert calls["configs"][-1].cache.kernels == ["context0", "context1"]  # read back, then extended
+    assert cache_file.read_bytes() == b"kernels:context0,context1"
+
+    cache_file.write_bytes(b"a cache from another GPU")
+    with pytest.warns(RuntimeWarning, match="is from another GPU, driver or TensorRT for RTX version"), \
+            rtk.runtime.load(plan) as model:
+        model.logits(x)
+    assert cache_file.read_bytes() == b"kernels:context2"  # replaced by this GPU's
+    with pytest.raises(RtkError, match="runs with tensorrt-rtx, not tensorrt"):
+        rtk.runtime.load(plan, backend="tensorrt")
+
+
+@pytest.mark.parametrize("gpu, message", [
+    ({"name": "NVIDIA H200", "compute_capability": "9.0"},
+     r"built for compute capabilities 8\.6, 8\.9, 12\.0 but this GPU is NVIDIA H200 \(compute capability 9\.0\)"),
+    ({"name": "NVIDIA GeForce RTX 3050", "compute_capability": "8.6"}, None),
+])
+def test_tensorrt_rtx_runner_refuses_a_gpu_the_engine_was_not_built_for(monkeypatch, tmp_path, gpu, message):
+    plan, _, calls = fake_rtx(monkeypatch, tmp_path, gpu)
+    if message is None:
+        rtk.runtime.load(plan).close()
+        assert calls["deserialized"] == 1
+        return
+    with pytest.raises(RtkError, match=message) as refused:
+        rtk.runtime.load(plan)
+    assert "\n" not in str(refused.value) and calls["deserialized"] == 0  # before TensorRT for RTX is asked
+
+
 # ---------------------------------------------------------------- onnxruntime on CUDA, no GPU
 # The CPU onnxruntime package stands in for onnxruntime-gpu: these tests check how rtk asks for the
 # CUDA provider, binds io and refuses a CPU fallback; they say nothing about CUDA's results.

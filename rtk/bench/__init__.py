@@ -84,7 +84,7 @@ def _calibration(model: Model, paths: RunPaths) -> dict[str, Any] | None:
         return None
     record = model.metadata.get("calibration")
     qdq = paths.int8_onnx("tensorrt")
-    if record is None and model.backend == "tensorrt" and qdq.is_file():
+    if record is None and model.backend in ("tensorrt", "tensorrt-rtx") and qdq.is_file():
         record = read_metadata(qdq).get("calibration")
     return record
 

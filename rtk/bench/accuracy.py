@@ -48,7 +48,7 @@ def measure_accuracy(rows: list[Row], models: list[Model], paths: RunPaths, conf
                                 delta_vs_baseline=top1_accuracy(pred, labels) - top1_accuracy(base_pred, labels),
                                 agreement_vs_baseline=top1_accuracy(pred, base_pred),
                                 evidence_vs_baseline=paired(pred == labels, base_pred == labels).as_dict())
-        if row.device == "cuda" and row.backend in ("tensorrt", "onnxruntime") and row.precision == "int8":
+        if row.device == "cuda" and row.backend in ("tensorrt", "tensorrt-rtx", "onnxruntime") and row.precision == "int8":
             qdq = paths.int8_onnx("tensorrt")
             with open_model(OnnxRuntimeRunner(str(qdq), threads=threads)) as reference:
                 ref_pred = predictions(reference, images)

@@ -18,7 +18,7 @@ from rtk.runtime import installed
 
 BUSY_LOAD = 0.5  # load average per usable core above which a CPU run is flagged as noisy
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
-            "cuda-python", "cuda-bindings", "pycuda")
+            "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "cuda-python", "cuda-bindings", "pycuda")
 
 
 def usable_cores() -> int:

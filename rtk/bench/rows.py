@@ -11,12 +11,13 @@ from pathlib import Path
 
 from rtk import pipeline
 from rtk.bench.timing import TimingPlan
-from rtk.errors import GPU_INSTALL, MissingDependency, RtkError, require
+from rtk.errors import GPU_INSTALL, MissingDependency, RtkError, install_hint, require
 from rtk.log import Log
 from rtk.names import BACKENDS
 from rtk.pipeline import RunPaths
 from rtk.runtime import installed, make_runner
 from rtk.runtime.base import Runner
+from rtk.runtime.engines import engine_runtime
 from rtk.runtime.onnxruntime_runner import OnnxRuntimeRunner, cuda_provider_available
 from rtk.runtime.openvino_runner import OpenVinoRunner
 from rtk.runtime.torch_runner import TorchRunner
@@ -64,14 +65,15 @@ def choose_backend(asked: str, gpu: str | None, have: Callable[[str], bool] = in
     """
     if asked not in BACKENDS:
         raise RtkError(f"unknown backend {asked!r}; choose one of {', '.join(BACKENDS)}")
-    if asked == "tensorrt":
-        if not have("tensorrt"):
-            raise MissingDependency("--backend tensorrt: TensorRT is not installed; "
-                                    f"install it with: {GPU_INSTALL} (needs a CUDA GPU)")
+    if asked in ("tensorrt", "tensorrt-rtx"):
+        runtime = engine_runtime(asked)
+        if not have(runtime.module):
+            raise MissingDependency(f"--backend {asked}: {runtime.product} is not installed; "
+                                    f"install it with: {install_hint(runtime.extra)} (needs a CUDA GPU)")
         if gpu is None:
-            raise MissingDependency("--backend tensorrt: no CUDA device found (torch.cuda.is_available() "
+            raise MissingDependency(f"--backend {asked}: no CUDA device found (torch.cuda.is_available() "
                                     "is False)")
-        return BackendChoice("tensorrt", "cuda", f"asked for; CUDA device {gpu}")
+        return BackendChoice(asked, "cuda", f"asked for; CUDA device {gpu}")
     if asked == "torch":
         return BackendChoice("torch", "cuda" if gpu else "cpu",
                              f"asked for; {'CUDA device ' + gpu if gpu else 'no CUDA device: CPU'}")
@@ -159,13 +161,13 @@ def plan_rows(choice: BackendChoice, config: BenchConfig, paths: RunPaths, check
                        lambda: OpenVinoRunner(str(path), precision=precision, threads=threads), path)
 
     for precision in config.precisions:
-        if choice.backend == "tensorrt":
+        if choice.backend in ("tensorrt", "tensorrt-rtx"):  # TensorRT for RTX: only when asked for (--backend)
             if precision == "bf16":
-                notes.append("bf16: TensorRT engines are built from FP32, FP16 or INT8 ONNX; no bf16 row")
+                notes.append(f"bf16: {choice.backend} engines are built from FP32, FP16 or INT8 ONNX; no bf16 row")
                 continue
-            engine = pipeline.ensure_engine(paths, precision, checkpoint, data_dir, log,
+            engine = pipeline.ensure_engine(paths, precision, checkpoint, data_dir, log, runtime=choice.backend,
                                             max_batch=max(ENGINE_MAX_BATCH, *batch_sizes))
-            rows.append(Planned(f"tensorrt {precision}", functools.partial(make_runner, engine), engine))
+            rows.append(Planned(f"{choice.backend} {precision}", functools.partial(make_runner, engine), engine))
         elif choice.backend == "onnxruntime" and device == "cuda":
             if precision == "bf16":
                 notes.append("bf16: onnxruntime has no bf16 ONNX file in rtk; the torch bf16 row stands for it")

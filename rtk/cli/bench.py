@@ -32,7 +32,8 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               default="auto",
               help="auto: TensorRT where a CUDA device and TensorRT exist, else onnxruntime's CUDA provider "
                    "where onnxruntime-gpu is installed, else the fastest CPU backend installed (OpenVINO, "
-                   "else onnxruntime); the choice and its reason are printed.")
+                   "else onnxruntime); the choice and its reason are printed. tensorrt-rtx (TensorRT for RTX, "
+                   "RTX GPUs) only when asked for.")
 @click.option("--batch-sizes", callback=_batch_sizes, default=None,
               help="Comma-separated batch sizes [CPU: 1,32,256; CUDA: 1,256,4096].")
 @click.option("--warmup", type=click.FloatRange(min=0), default=1.0,
