@@ -1,4 +1,4 @@
-"""`import rtk`, the CLI and every --help stay light: no torch, onnx, onnxruntime, tensorrt or polygraphy
+"""`import rtk`, the CLI and every --help stay light: no torch, onnx, onnxruntime, tensorrt(_rtx) or polygraphy
 (nor do the modules that build and run TensorRT engines until they are asked to)."""
 
 import importlib
@@ -10,7 +10,8 @@ import pytest
 
 import rtk
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "polygraphy", "openvino", "matplotlib", "cuda", "pycuda")
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "tensorrt_rtx", "polygraphy", "openvino", "matplotlib", "cuda",
+         "pycuda")
 
 
 def _commands():
@@ -27,7 +28,7 @@ def test_cli_and_every_help_import_nothing_heavy():
     script = f"""
 import sys
 from click.testing import CliRunner
-import rtk, rtk.build, rtk.runtime.tensorrt_runner
+import rtk, rtk.build, rtk.build.rtx_builder, rtk.build.tensorrt_builder, rtk.runtime.tensorrt_runner
 from rtk.cli import main
 runner = CliRunner()
 for args in [[]] + {_commands()!r}:

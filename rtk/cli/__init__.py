@@ -90,6 +90,7 @@ def main() -> None:
     rtk export --depth 20          -> runs/resnet20/model.onnx (validated against torch)
     rtk quantize --depth 20        -> runs/resnet20/model.int8.<target>.onnx, model.fp16.onnx
     rtk build  --precision int8    -> runs/resnet20/model.int8.plan (TensorRT)
+      --runtime tensorrt-rtx       -> runs/resnet20/model.int8.rtx.plan (TensorRT for RTX, any machine)
     rtk bench  --precision int8    -> runs/resnet20/bench.{json,md,png}
 
     Data: --data-dir or RTK_DATA_DIR (CIFAR-10 python layout); see `rtk data --help`.
