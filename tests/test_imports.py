@@ -61,16 +61,15 @@ def _modules_under_rtk():
     return root, sorted(root.rglob("*.py"))
 
 
-def test_stages_and_runtime_never_import_the_pipeline():
-    """rtk.pipeline chains the stages; a stage, data or the runtime importing it would close a circle."""
+def _importers_of(target: str, parts: tuple[str, ...]) -> list[str]:
+    """The modules under rtk/<part> (part: a subpackage or module name) that import `target` or
+    anything inside it, at any depth of their code (imports inside functions count)."""
     import ast
 
     root, paths = _modules_under_rtk()
-    below = ("train", "export", "quantize", "build", "deploy", "data", "augment", "runtime")
     offenders = []
     for path in paths:
-        part = path.relative_to(root).parts[0].removesuffix(".py")
-        if part not in below:
+        if path.relative_to(root).parts[0].removesuffix(".py") not in parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:  # from rtk import pipeline, from rtk.pipeline ...
@@ -79,9 +78,22 @@ def test_stages_and_runtime_never_import_the_pipeline():
                 names = [alias.name for alias in node.names]
             else:
                 continue
-            if any(name == "rtk.pipeline" or name.startswith("rtk.pipeline.") for name in names):
+            if any(name == target or name.startswith(f"{target}.") for name in names):
                 offenders.append(str(path.relative_to(root)))
-    assert offenders == []
+    return offenders
+
+
+def test_stages_and_runtime_never_import_the_pipeline():
+    """rtk.pipeline chains the stages; a stage, data or the runtime importing it would close a circle."""
+    below = ("train", "export", "quantize", "build", "deploy", "data", "augment", "runtime")
+    assert _importers_of("rtk.pipeline", below) == []
+
+
+def test_the_runtime_never_imports_the_build():
+    """rtk.build builds engines with what rtk.runtime shares below it (rtk.runtime.cuda, .engines);
+    the runners importing the build back would close a circle (they once did, for load_engine_checked)."""
+    assert _importers_of("rtk.build", ("runtime",)) == []
+    assert _importers_of("rtk.runtime.tensorrt_runner", ("build",)) == []
 
 
 def test_every_module_fits_one_sitting_and_says_what_it_owns():
