@@ -1,7 +1,7 @@
 """`rtk build --runtime tensorrt-rtx` with the real TensorRT for RTX (PyPI tensorrt-rtx-cu13, its ONNX
 parser and builder, NVIDIA's CPU-only ahead-of-time build: no GPU) on every ONNX file rtk writes:
 FP32, FP16, the TensorRT-flavour INT8 (tuned, with Convs left float as `--max-drop` leaves them, and
-after `--qat-epochs`) for ResNet-8, and FP32, FP16 and INT8 for every depth shipped in rtk/weights/.
+after `--qat-epochs`, this one for ResNet-8 alone) for ResNet-8 and every depth shipped in rtk/weights/.
 No stand-in anywhere in this file; the engines are real, and only loading them needs an RTX GPU.
 
 Also: the CPU INT8 flavour, which the parser refuses, refused by rtk first; the check of each Conv's
@@ -137,26 +137,38 @@ def test_every_rtk_file_of_resnet8_builds(depth8, rtx_version, tmp_path, variant
 
 @pytest.fixture(scope="module", params=SHIPPED, ids=[f"resnet{depth}" for depth in SHIPPED])
 def shipped(request, tmp_path_factory, cifar_dir) -> tuple[int, dict[str, Path]]:
-    """(depth, its FP32, FP16 and TensorRT-flavour INT8 files), made from the shipped weights as `rtk quantize`
-    does by default: the INT8 file from the tracked calibration manifest and its tuned scales (calib/)."""
+    """(depth, its files) made from the shipped weights as `rtk quantize` makes them by default, from the
+    tracked calibration manifest and its tuned scales (calib/): FP32, FP16, the TensorRT flavour, the
+    same with a third Conv left float (as in depth8, untuned), and the CPU flavour. (QAT is built for
+    ResNet-8 alone: its graph is the TensorRT flavour's, and fine-tuning a shipped depth costs more.)"""
     depth = request.param
     root = tmp_path_factory.mktemp(f"rtx{depth}")
     shutil.copytree(ROOT / "calib", root / "calib")
     fp32 = export.export_onnx(pipeline.shipped_checkpoint(depth), root / "model.onnx", verify=False, log=quiet)
     logs: list[str] = []
-    int8 = quantize.quantize_int8(fp32, root / "model.int8.tensorrt.onnx", target="tensorrt", verify=False,
-                                  calib_dir=root / "calib", data_dir=cifar_dir, tune_steps=TUNE_STEPS, log=logs.append)
+    options = {"verify": False, "calib_dir": root / "calib", "data_dir": cifar_dir, "log": logs.append}
+    int8 = quantize.quantize_int8(fp32, root / "model.int8.tensorrt.onnx", target="tensorrt", tune_steps=TUNE_STEPS,
+                                  **options)
     assert any("reusing the tuned scales" in line for line in logs), (
         f"calib/ holds no tuned manifest of the shipped ResNet-{depth}: tuning it here would take minutes")
-    return depth, {"fp32": fp32, "fp16": quantize.convert_fp16(fp32, root / "model.fp16.onnx", verify=False,
-                                                               log=quiet), "int8": int8}
+    third_conv = [node.name for node in onnx.load(fp32).graph.node if node.op_type == "Conv"][2]
+    return depth, {
+        "fp32": fp32, "fp16": quantize.convert_fp16(fp32, root / "model.fp16.onnx", verify=False, log=quiet),
+        "int8": int8,
+        "int8-max-drop": quantize.quantize_int8(fp32, root / "model.int8.tensorrt.float3.onnx", target="tensorrt",
+                                                tune_steps=0, exclude=[third_conv], **options),
+        "int8-cpu": quantize.quantize_int8(fp32, root / "model.int8.cpu.onnx", target="cpu", **options)}
 
 
 def test_every_rtk_file_of_the_shipped_models_builds(shipped, rtx_version, tmp_path):
     depth, files = shipped
-    for precision, path in files.items():
-        built_checked(path, precision, tmp_path / f"{precision}.rtx.plan", rtx_version, convs=depth - 1,
-                      float_convs=2 if precision == "int8" else 0)
+    for variant, float_convs in (("fp32", 0), ("fp16", 0), ("int8", 2), ("int8-max-drop", 3)):
+        precision = variant.split("-")[0]
+        built_checked(files[variant], precision, tmp_path / f"{variant}.rtx.plan", rtx_version, convs=depth - 1,
+                      float_convs=float_convs)
+    with pytest.raises(RtkError, match="CPU flavour of INT8"):
+        build.build_engine(files["int8-cpu"], tmp_path / "cpu.rtx.plan", precision="int8", runtime="tensorrt-rtx",
+                           log=quiet)
 
 
 # ---------------------------------------------------------------------------------------------
