@@ -59,7 +59,11 @@ def builder_environment(runtime: str = TENSORRT.name) -> tuple[str, dict[str, st
     that it is installed; it needs no GPU, and it is imported by its build process alone
     (rtk.build.rtx_builder). MissingDependency (exit 2) for a missing package or device."""
     engine = engine_runtime(runtime)
-    environment = running_environment(engine) if engine is TENSORRT else require_installed(engine.module, engine.extra)
+    environment = None
+    if engine is TENSORRT:
+        environment = running_environment(engine)
+    else:
+        require_installed(engine.module, engine.extra)
     require("polygraphy", engine.extra, min_version=POLYGRAPHY_MIN_VERSION)
     return environment
 
