@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from rtk.engine_meta import FORMAT as ENGINE_FORMAT
 from rtk.engine_meta import sidecar_path
 from rtk.errors import RtkError, require
-from rtk.fileio import atomic_path, provenance, sha256_file, write_text_atomic
+from rtk.fileio import atomic_path, check_output, provenance, sha256_file, write_text_atomic
 from rtk.log import Log, info
 from rtk.names import with_article
 from rtk.onnx_meta import check_finite_weights, load_onnx, read_metadata
@@ -328,7 +328,10 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
         raise RtkError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise RtkError(f"batch profile must satisfy 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}")
-    onnx_path, out = Path(onnx_path), Path(out)
+    onnx_path, out = Path(onnx_path), check_output(out)
+    cache_path = check_output(Path(timing_cache) if timing_cache is not None else out.parent / "timing.cache")
+    for written in (sidecar_path(out), layers_path(out)):
+        check_output(written)  # before minutes of building
     metadata = read_metadata(onnx_path)
     if metadata.get("precision") != precision:
         raise RtkError(f"{onnx_path} is {with_article(str(metadata.get('precision')))} model, not {precision}: strongly typed "
@@ -337,7 +340,6 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     tensorrt_version, gpu = builder_environment()
     import tensorrt as trt
 
-    cache_path = Path(timing_cache) if timing_cache is not None else out.parent / "timing.cache"
     log(f"building a {precision} TensorRT {tensorrt_version} engine for {gpu['name']} from {onnx_path} "
         f"(batch {min_batch}/{opt_batch}/{max_batch}, TF32 {'on' if tf32 else 'off'}, "
         f"optimization level {optimization_level})")

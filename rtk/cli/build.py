@@ -8,7 +8,7 @@ import click
 
 from rtk.build import PRECISIONS  # imports tensorrt only inside its functions
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import BATCH, OutputPath, data_dir_option, depth_option, runs_dir_option
 
 
 @main.command()
@@ -19,17 +19,17 @@ from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="ONNX to build from [default: the run's file for --precision, made by export / quantize "
                    "if missing].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Engine to write [default: model.<precision>.plan beside the ONNX].")
-@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--opt-batch", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--min-batch", type=BATCH, default=1, show_default=True)
+@click.option("--opt-batch", type=BATCH, default=256, show_default=True,
               help="Batch the kernels are tuned for.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--max-batch", type=BATCH, default=1024, show_default=True)
 @click.option("--workspace-mb", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Workspace memory pool limit.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="Builder optimization level (TensorRT's default is 3; 5 searches longest).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--timing-cache", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Timing cache read and updated by every build [default: timing.cache beside the engine].")
 @click.option("--tf32/--no-tf32", default=True, show_default=True,
               help="Let FP32 layers use TF32 math (TensorRT's default; off for closer FP32 comparisons).")
@@ -44,13 +44,15 @@ def build(precision: str, depth: int, onnx_path: Path | None, out: Path | None, 
     any input.
     """
     from rtk.build import build_engine, builder_environment
+    from rtk.fileio import check_output
     from rtk.pipeline import ensure_onnx_for, run_paths
 
     builder_environment()  # fail before exporting or calibrating inputs for an engine that cannot be built
     paths = run_paths(depth, runs_dir)
-    source = onnx_path or ensure_onnx_for(paths, precision, data_dir=data_dir)
+    engine = check_output(out or (onnx_path or paths.onnx_for(precision)).parent / paths.engine(precision).name)
+    source = onnx_path or ensure_onnx_for(paths, precision, data_dir=data_dir)  # (build_engine checks the rest)
     written = build_engine(
-        source, out or source.parent / paths.engine(precision).name, precision=precision,
+        source, engine, precision=precision,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
         optimization_level=opt_level, timing_cache=timing_cache, tf32=tf32)
     click.echo(str(written))
