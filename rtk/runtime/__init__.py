@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from rtk.errors import MissingDependency, RtkError
+from rtk.limits import check_threads
 from rtk.names import BACKENDS
 from rtk.runtime.base import DEVICES, Runner
 from rtk.runtime.model import Model, Prediction
@@ -67,6 +68,7 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
         raise RtkError(f"model file not found: {path}")
     if device not in DEVICES:
         raise RtkError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    check_threads(threads)
     natural = BACKEND_FOR_SUFFIX.get(path.suffix)
     if path.suffix == ".onnx":
         if backend == "auto":  # onnxruntime is rtk's one ONNX backend for CUDA
