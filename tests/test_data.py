@@ -293,6 +293,10 @@ def test_failed_download_leaves_nothing(fake_archive: bytes, tmp_path: Path, pat
     with _serve({"/cifar.tar.gz": fake_archive, "/short": fake_archive}) as base, \
             pytest.raises(RtkError, match=message):
         data.download(base + path, dest, md5 or hashlib.md5(fake_archive).hexdigest())
+    assert not dest.exists()  # not even the folder made for it (it was left empty)
+    dest.mkdir()  # a folder that was there stays, empty
+    with _serve({}) as base, pytest.raises(RtkError, match="HTTP 404"):
+        data.download(base + "/absent", dest)
     assert list(dest.iterdir()) == []
 
 
@@ -321,7 +325,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
         pass  # the port is closed again
     with pytest.raises(RtkError, match=f"cannot download {base}/x"):
         data.download(f"{base}/x", tmp_path / "dest")
-    assert list((tmp_path / "dest").iterdir()) == []
+    assert not (tmp_path / "dest").exists()
 
 
 def test_interrupted_download_leaves_nothing(fake_archive: bytes, tmp_path: Path,
@@ -339,7 +343,7 @@ def test_interrupted_download_leaves_nothing(fake_archive: bytes, tmp_path: Path
     dest = tmp_path / "dest"
     with pytest.raises(KeyboardInterrupt):
         data.download("http://127.0.0.1:9/cifar.tar.gz", dest)
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()
 
 
 def test_cli_download_with_url_from_env(fake_cifar_dir: Path, fake_archive: bytes, tmp_path: Path) -> None:
