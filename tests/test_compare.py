@@ -81,5 +81,5 @@ def test_cli_prints_the_table_and_writes_json_and_png(models, cifar_dir, tmp_pat
     assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
     refused = CliRunner().invoke(main, ["compare", str(models["fp32"]), str(models["int8"]), "--images", "9999",
                                         "--data-dir", str(cifar_dir), "--out", str(tmp_path / "x")])
-    assert refused.exit_code != 0 and "error: --images must be 1 to 5000" in refused.output
+    assert refused.exit_code == 2 and "--images must be an integer from 1 to 5,000" in refused.output  # before any work
     assert not (tmp_path / "x").exists()
