@@ -7,6 +7,7 @@ still has an identity-shortcut block and two Slice+Pad shortcuts, and it quantiz
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -279,7 +280,7 @@ def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_on
     refused = tmp_path / "refused"
     with pytest.raises(quantize.AccuracyDropError, match="not written") as raised:  # must gain 50 points: impossible
         quantize.convert_fp16(fp32_onnx, refused / "model.fp16.onnx", max_drop=-50.0, log=lambda _: None)
-    assert not list(refused.iterdir())
+    assert not refused.exists()  # nothing written, not even the folder made for it
     assert raised.value.figures["max_drop_pct"] == -50.0 and raised.value.figures["test_images"] == 2000
 
 
@@ -384,7 +385,7 @@ def test_cli_reports_a_refused_model_and_goes_on(fp32_onnx, tmp_path, monkeypatc
                                        "--no-verify"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == \
-        "error: not written, too much accuracy lost against FP32: model.int8.cpu.entropy.onnx"
+        "error: not written, too much accuracy lost against FP32: model.int8.cpu.entropy.onnx loses 2.19 points"
     assert "90.02%" in result.output and "-2.19" in result.output and "0.02131" in result.output  # KL column
     assert (tmp_path / "model.int8.cpu.minmax.onnx").is_file()
     assert (tmp_path / "model.int8.cpu.percentile.onnx").is_file()
@@ -465,24 +466,33 @@ def test_excluded_convs_stay_float_in_both_flavours(fp32_onnx, tmp_path):
 
 
 def test_max_validation_drop_leaves_convs_out_only_while_the_budget_needs_it(fp32_onnx, tmp_path, monkeypatch):
-    quantized(fp32_onnx, tmp_path / "loose", "cpu", max_validation_drop=100.0)
+    _, model = quantized(fp32_onnx, tmp_path / "loose", "cpu", max_validation_drop=100.0)
     entry = json.loads(next((tmp_path / "loose" / "calib").glob("*.json")).read_text())["quantized"]["cpu"]
-    selection = entry["mixed_precision"]
+    selection = decode_metadata({p.key: p.value for p in model.metadata_props})["calibration"]["mixed_precision"]
+    assert "mixed_precision" not in entry  # the evidence travels with the model it chose
     assert selection["float_convs"] == entry["float_convs"] == [] and entry["int8_mac_share"] == 1.0
     assert len(selection["steps"]) == 1 and selection["validation_images"] == 5000
     assert selection["steps"][0]["validation"]["images"] == 5000  # chosen on the validation split
     # the TensorRT flavour's own float Convs are float in every candidate and never ranked
-    quantized(fp32_onnx, tmp_path / "trt", "tensorrt", max_validation_drop=100.0)
+    _, model = quantized(fp32_onnx, tmp_path / "trt", "tensorrt", max_validation_drop=100.0)
     entry = json.loads(next((tmp_path / "trt" / "calib").glob("*.json")).read_text())["quantized"]["tensorrt"]
+    selection = decode_metadata({p.key: p.value for p in model.metadata_props})["calibration"]["mixed_precision"]
     leading = list(conv_macs(fp32_onnx))[:2]
-    assert entry["float_convs"] == entry["mixed_precision"]["float_convs"] == sorted(leading)
-    assert entry["mixed_precision"]["steps"][0]["float_convs"] == leading and entry["int8_mac_share"] < 1.0
-    # a budget no mix can meet (gain 50 points): every Conv ranked, then one clear error (on 500
-    # validation images, to keep the 14 quantize-and-measure steps short)
-    split = data.split_indices
+    assert entry["float_convs"] == selection["float_convs"] == sorted(leading)
+    assert selection["steps"][0]["float_convs"] == leading and entry["int8_mac_share"] < 1.0
+    # a budget no mix meets (here every candidate loses 50 points): every Conv ranked, then one clear
+    # error naming the manifest (on 500 validation images, to keep the 14 quantize-and-measure steps short)
+    from rtk.quantize import mixed_precision
+
+    split, paired = data.split_indices, mixed_precision.paired
     monkeypatch.setattr(data, "split_indices", lambda *a, **k: (split(*a, **k)[0], split(*a, **k)[1][:500]))
-    with pytest.raises(RtkError, match="no mix of INT8 and float Convs"):
-        quantized(fp32_onnx, tmp_path / "impossible", "cpu", max_validation_drop=-50.0)
+    monkeypatch.setattr(mixed_precision, "paired", lambda *a: dataclasses.replace(paired(*a), delta_pct=-50.0))
+    with pytest.raises(quantize.AccuracyDropError, match=r"no mix of INT8 and float Convs .* calibration manifest "
+                                                         r".*calib/resnet8-.*\.json, which every rerun reuses"):
+        quantized(fp32_onnx, tmp_path / "impossible", "cpu", max_validation_drop=0.0)
+    for budget in (-1.0, float("nan"), float("inf")):  # before any work
+        with pytest.raises(RtkError, match="--max-drop must be a finite number of points >= 0"):
+            quantized(fp32_onnx, tmp_path / "bad", "cpu", max_validation_drop=budget)
 
 
 def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_they_are(tmp_path, cifar_dir,
