@@ -114,7 +114,7 @@ def output_problem(path: str | os.PathLike[str]) -> str | None:
     target = Path(path)
     try:
         mode = os.lstat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the folder check below says which
         mode = None
     except OSError as exc:
         return exc.strerror or str(exc)

@@ -579,3 +579,75 @@ def test_tuning_is_refused_where_it_does_not_apply(fp32_onnx, tmp_path):
     for args in (["--target", "cpu"], ["--fp16"], ["--target", "tensorrt", "--qat-epochs", "1"]):
         result = CliRunner().invoke(main, ["quantize", "--onnx", str(fp32_onnx), "--tune-steps", "5", *args])
         assert result.exit_code == 2 and "--tune-steps tunes the TensorRT flavour" in result.output, result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# A manifest edited by hand or forged: every range checked, the manifest named
+
+
+def _cli_quantize(source: Path, tmp_path: Path, *extra: str):
+    return CliRunner().invoke(main, ["quantize", "--onnx", str(source), "--target", "cpu", "--num-images",
+                                     str(CALIB_IMAGES), "--calib-dir", str(tmp_path / "calib"), *extra])
+
+
+@pytest.mark.parametrize("forge, message", [
+    (lambda r: r.update({next(iter(r)): [0.0, 0.0]}), "has no width"),
+    (lambda r: r.update({next(iter(r)): [5.0, -5.0]}), "has low > high"),
+    (lambda r: r.update({next(iter(r)): [float("nan"), float("nan")]}), "is not finite"),
+    (lambda r: r.update({next(iter(r)): ["low", "high"]}), "not \\[low, high\\]"),
+    (lambda r: r.pop(next(iter(r))), "does not fit model.onnx: it has no range for"),
+    (lambda r: r.update({"no_such_tensor": [0.0, 1.0]}), "a range for no_such_tensor, which it does not calibrate"),
+])
+def test_a_forged_manifest_is_refused_naming_it(fp32_onnx, tmp_path, forge, message):
+    """[0, 0] or [5, -5] were used as they were with --no-verify (the model written scored 89.69%);
+    NaN, strings and a missing tensor ended in tracebacks."""
+    from conftest import fails_cleanly
+
+    source = tmp_path / "model.onnx"
+    source.write_bytes(fp32_onnx.read_bytes())
+    assert _cli_quantize(source, tmp_path, "--no-verify").exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    record = json.loads(manifest.read_text())
+    forge(record["ranges"])
+    manifest.write_text(json.dumps(record))
+    (tmp_path / "model.int8.cpu.onnx").unlink()
+    line = fails_cleanly(_cli_quantize(source, tmp_path, "--no-verify"), message)
+    assert str(manifest) in line and not (tmp_path / "model.int8.cpu.onnx").exists()
+
+
+def test_a_duplicated_range_and_an_accuracy_the_ranges_cannot_reach_name_the_manifest(tmp_path, cifar10):
+    from conftest import fails_cleanly, make_readout_checkpoint
+
+    checkpoint = make_readout_checkpoint(tmp_path / "checkpoint.pt", cifar10, depth=8)  # ~25% top-1, not chance
+    source = export.export_onnx(checkpoint, tmp_path / "model.onnx", verify=False, log=lambda _: None)
+    assert _cli_quantize(source, tmp_path, "--no-verify").exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    text = manifest.read_text()
+    name, value = next(iter(json.loads(text)["ranges"].items()))
+    manifest.write_text(text.replace('"ranges": {', f'"ranges": {{"{name}": {json.dumps(value)},', 1))
+    fails_cleanly(_cli_quantize(source, tmp_path, "--no-verify"), f"'{name}' is given 2 times")
+    # valid but absurd ranges (a hundredth of each): the model loses accuracy, and the refusal says
+    # which manifest every rerun would reuse
+    record = json.loads(text)
+    record["ranges"] = {key: [low / 100, high / 100] for key, (low, high) in record["ranges"].items()}
+    manifest.write_text(json.dumps(record))
+    line = fails_cleanly(_cli_quantize(source, tmp_path), "too much accuracy lost")
+    assert f"calibration manifest {manifest}, which every rerun reuses" in line
+
+
+def test_max_drop_must_be_a_finite_budget_and_a_choice_that_changes_nothing_leaves_the_manifest(fp32_onnx, tmp_path):
+    """`--max-drop nan` wrote NaN (not JSON) into the manifest; `--max-drop -1` searched for minutes;
+    a --max-drop run whose choice was the default model rewrote the reused manifest."""
+    source = tmp_path / "model.onnx"
+    source.write_bytes(fp32_onnx.read_bytes())
+    for budget in ("nan", "-1", "inf"):
+        result = _cli_quantize(source, tmp_path, "--max-drop", budget)
+        assert result.exit_code == 2 and "--max-drop" in result.output and not (tmp_path / "calib").exists()
+    assert _cli_quantize(source, tmp_path, "--no-verify").exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    before = manifest.stat()
+    result = _cli_quantize(source, tmp_path, "--no-verify", "--max-drop", "100", "--out", str(tmp_path / "mp.onnx"))
+    assert result.exit_code == 0, result.output
+    after = manifest.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert read_metadata(tmp_path / "mp.onnx")["calibration"]["mixed_precision"]["float_convs"] == []

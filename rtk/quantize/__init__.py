@@ -67,6 +67,7 @@ from rtk.quantize.tuning import TUNE_STEPS, add_bias_shifts, recipe, tuned_for
 from rtk.quantize.validation import AccuracyDropError, validate_into, validation_path
 
 __all__ = ["AccuracyDropError", "convert_fp16", "quantize_int8", "validation_path"]
+FILE_KEYS = ("model", "sha256")  # of a manifest's record of a written model: which file, not what is in it
 
 
 def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str], *, target: str,
@@ -154,14 +155,15 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
 
     if ranges_from is not None:
         return out  # the manifest describes the file it calibrated
-    # What the flavour's model is; the same model under another file name (another --out, or a --max-drop
-    # that kept the Convs it had: its evidence is in the model's own metadata) is not news.
+    # What the flavour's model is: its file and sha256, and what makes it (float Convs, tuning, scales). The
+    # same quantization in another file (another --out; a --max-drop that kept the Convs, whose evidence
+    # is in that file's own metadata) is not news: the record, and a manifest tracked in git, stay.
     record = {"model": out.name, "sha256": sha256_file(out), "float_convs": sorted(exclude),
               "int8_mac_share": int8_mac_share(onnx_path, exclude),
               **({"tuned": {"steps": steps, "logit_mse": tuned["logit_mse"]}} if tuned else {}),
               "activations": activation_quantization(model)}
     recorded = manifest.setdefault("quantized", {}).get(target, {})
-    if {k: v for k, v in recorded.items() if k != "model"} != {k: v for k, v in record.items() if k != "model"}:
+    if {k: v for k, v in recorded.items() if k not in FILE_KEYS} != {k: v for k, v in record.items() if k not in FILE_KEYS}:
         manifest["quantized"][target] = record
     write_manifest(manifest_path, manifest)
     return out
