@@ -153,8 +153,8 @@ def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint", de
     one, one that holds pickled code or Python objects (which is refused, never unpickled), and one
     that declares more data than a ResNet-`depth` checkpoint holds (_check_declared_sizes)."""
     path = Path(path)
-    if not path.is_file():
-        raise RtkError(f"{what} not found: {path}")
+    if not path.is_file():  # a FIFO would block the read
+        raise RtkError(f"{path} is not a regular file" if path.exists() else f"{what} not found: {path}")
     try:
         _check_declared_sizes(path, depth)
         return torch.load(path, map_location="cpu", weights_only=True)

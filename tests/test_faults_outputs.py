@@ -17,27 +17,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from conftest import fails_cleanly, run
 from faults_signals import RUN_ARGS
 
 import rtk.runtime
-from rtk import checkpoint, limits
+from rtk import limits
 from rtk.errors import RtkError
-from rtk.model import ResNet
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from rtk.export import export_onnx
-
-    root = tmp_path_factory.mktemp("outputs")
-    torch.manual_seed(0)
-    ckpt = checkpoint.save(root / "checkpoint.pt", ResNet(8), split={"seed": 0, "val_size": 5000},
-                           recipe={}, metrics={})
-    return {"checkpoint": ckpt, "onnx": export_onnx(ckpt, root / "model.onnx", verify=False, log=lambda m: None)}
 
 
 def make_node(path: Path, kind: str) -> Path:

@@ -65,7 +65,7 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
     if backend not in BACKENDS:
         raise RtkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not path.is_file():
-        raise RtkError(f"model file not found: {path}")
+        raise RtkError(f"{path} is not a regular file" if path.exists() else f"model file not found: {path}")
     if device not in DEVICES:
         raise RtkError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     check_threads(threads)
