@@ -23,7 +23,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ import torch
 
 from rtk.errors import RtkError
 from rtk.fileio import atomic_path, provenance
-from rtk.model import ResNet
-from rtk.names import depth_problem
+from rtk.model import ResNet, parameter_count
+from rtk.names import MAX_DEPTH, depth_problem
 from rtk.preprocess import CLASSES, normalization_metadata
 
 FORMAT = "rtk.checkpoint/1"
@@ -92,20 +92,71 @@ def save(
     return Path(path)
 
 
+# The most a CIFAR ResNet checkpoint holds: 32 bytes a parameter (its weights in float64 at most, with
+# optimizer state of up to three times their size: momentum, Adam's two moments) and 16 MiB for the
+# rest (the pickle, RNG states, metrics). Each record a zip-format torch file declares is held to it
+# before torch inflates any: torch reads a whole record before it compares its size with the tensor's.
+BYTES_PER_PARAMETER = 32
+OTHER_BYTES = 16 << 20
+_STORAGE_RECORD = re.compile(r"(^|/)data/\d+$")
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a loaded structure of dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def _check_declared_sizes(path: Path, depth: int | None) -> None:
+    """RtkError, before anything is inflated, for a zip-format torch file whose records declare more
+    bytes than its tensors hold, or whose tensors hold more than a ResNet-`depth` checkpoint can (the
+    depth the file records, where none is given; rtk.names.MAX_DEPTH where it records none)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except zipfile.BadZipFile:
+        return  # torch's legacy format holds its storages as they are (or it is no torch file: torch says so)
+    big = next((r for r in records if not _STORAGE_RECORD.search(r.filename) and r.file_size > OTHER_BYTES), None)
+    if big is not None:
+        raise RtkError(f"{path} declares a {big.file_size:,}-byte {big.filename}, more than a checkpoint's pickle "
+                       "holds: refused before inflating it")
+    structure = torch.load(path, map_location="meta", weights_only=True)  # the pickle alone: tensors on "meta"
+    held = sum(t.untyped_storage().nbytes() for t in _tensors(structure))
+    declared = sum(r.file_size for r in records if _STORAGE_RECORD.search(r.filename))
+    if declared > held:
+        raise RtkError(f"{path} declares {declared:,} bytes of tensor data where its tensors hold {held:,} (a zip "
+                       "bomb?): refused before inflating it")
+    if depth is None and isinstance(structure, Mapping) and isinstance(structure.get("model"), Mapping):
+        recorded = structure["model"].get("depth")
+        depth = recorded if not depth_problem(recorded) else None
+    limit = BYTES_PER_PARAMETER * parameter_count(depth or MAX_DEPTH) + OTHER_BYTES
+    if held > limit:
+        raise RtkError(f"{path} holds {held:,} bytes of tensors, more than any ResNet-{depth or MAX_DEPTH} "
+                       f"checkpoint ({limit:,}): refused before reading them")
+
+
 # torch's restricted unpickler starts every refusal with "Weights only load failed" and names what
 # it refused on a later line: "Unsupported global: GLOBAL argparse.Namespace was not an allowed
 # global ..." or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+def load_weights_only(path: str | os.PathLike[str], what: str = "checkpoint", depth: int | None = None) -> Any:
     """What torch.save wrote to `path`, read with weights_only=True and every storage mapped to the
     CPU, whatever device it was saved from. One RtkError for a missing file, a corrupt or truncated
-    one, and one that holds pickled code or Python objects (which is refused, never unpickled)."""
+    one, one that holds pickled code or Python objects (which is refused, never unpickled), and one
+    that declares more data than a ResNet-`depth` checkpoint holds (_check_declared_sizes)."""
     path = Path(path)
-    if not path.is_file():
-        raise RtkError(f"{what} not found: {path}")
+    if not path.is_file():  # a FIFO would block the read
+        raise RtkError(f"{path} is not a regular file" if path.exists() else f"{what} not found: {path}")
     try:
+        _check_declared_sizes(path, depth)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if str(exc).startswith("Weights only load failed"):  # never repeat torch's advice to turn it off
@@ -159,7 +210,7 @@ def _check_fields(path: Path, ckpt: dict[str, Any]) -> None:
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint dict, checked for format and fields; a clear RtkError for a missing, corrupt,
-    forged or incomplete file."""
+    forged or incomplete file, or one that declares more data than the ResNet it records holds."""
     ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -169,9 +220,18 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
-def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or infinity (a diverged run's weights)."""
-    return [name for name, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity (a diverged run's weights). Read in
+    float64, which holds every float8/16/32 value exactly (torch.isfinite has no float8 kernel)."""
+    return [name for name, t in state_dict.items()
+            if t.is_floating_point() and not torch.isfinite(t.to(torch.float64)).all()]
+
+
+def negative_variances(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the BN running_var tensors with an entry below 0: BN divides by sqrt(var + eps), so
+    every logit after one is NaN."""
+    return [name for name, t in state_dict.items()
+            if name.endswith("running_var") and t.is_floating_point() and bool((t.to(torch.float64) < 0).any())]
 
 
 def build_model(ckpt: dict[str, Any]) -> ResNet:
@@ -184,6 +244,10 @@ def build_model(ckpt: dict[str, Any]) -> ResNet:
     if bad:
         raise RtkError(f"the checkpoint's weights hold NaN or infinity in {len(bad)} tensors ({bad[0]}, ...): "
                        "the training diverged; train again with a lower --lr")
+    negative = negative_variances(ckpt["state_dict"])
+    if negative:
+        raise RtkError(f"the checkpoint's BN statistics are not variances: {negative[0]} holds values below 0 "
+                       f"({len(negative)} tensors in all); every logit would be NaN")
     model = ResNet(spec["depth"], spec["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)

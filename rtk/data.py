@@ -13,11 +13,13 @@ Only numpy is imported: stages that only read images (quantize, bench) do not pa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
 import os
 import pickle
+import posixpath
 import tarfile
 import urllib.error
 import urllib.request
@@ -28,7 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from rtk.errors import RtkError
-from rtk.fileio import owned_temp_dir
+from rtk.fileio import new_folder, owned_temp_dir
 from rtk.log import Log, info
 from rtk.preprocess import CLASSES
 
@@ -161,27 +163,48 @@ def _extract_cached(archive: Path) -> Path:
     return folder
 
 
+def _member_limit() -> int:
+    """The most bytes a file of the CIFAR-10 archive can hold: a batch's IMAGES_PER_BATCH rows of pixels,
+    with 256 bytes an image for its label, file name and the pickle's framing (the official batches are
+    31,035,704 bytes, the shared copy's 31,079,582), and 64 KiB more. Read at call time (tests shrink it)."""
+    return IMAGES_PER_BATCH * (PIXELS + 256) + (1 << 16)
+
+
 def _extract(archive: Path, folder: Path) -> Path:
     """Extract the CIFAR-10 files of `archive` into `folder`, all or nothing.
 
-    Only regular files named cifar-10-batches-py/<batch> are taken, through tarfile's "data"
-    filter (no absolute paths, no "..", no links out of the target), into a temporary folder that
-    is renamed onto `folder` once complete.
+    The archive is read as a stream, each member's declared size checked before a byte of it is
+    inflated (a 154 MB archive that inflated to 3 GiB was kept whole in the cache). Only regular files
+    named cifar-10-batches-py/<batch> (or ./cifar-10-batches-py/<batch>, as re-packing writes them) are
+    taken, through tarfile's "data" filter (no absolute paths, no "..", no links out of the target),
+    into a temporary folder; every batch is loaded and checked there, and only then is the folder
+    renamed onto `folder`. A failure leaves nothing, not even the empty folders made for it.
     """
-    required = [f"{FOLDER_NAME}/{name}" for name in (*TRAIN_BATCHES, TEST_BATCH)]
-    wanted = [*required, f"{FOLDER_NAME}/{META_FILE}"]
+    wanted = {*TRAIN_BATCHES, TEST_BATCH, META_FILE}
+    limit, found = _member_limit(), set()
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with owned_temp_dir(".rtk-extract-", folder.parent) as tmp:
-            with tarfile.open(archive, "r:*") as tar:
-                members = {m.name: m for m in tar.getmembers() if m.isfile() and m.name in wanted}
-                missing = [name for name in required if name not in members]
-                if missing:
-                    raise RtkError(f"{archive} is not the CIFAR-10 python archive: it has no regular "
-                                   f"file {', '.join(missing)}")
-                tar.extractall(tmp, members=list(members.values()), filter="data")
+        with new_folder(folder.parent), owned_temp_dir(".rtk-extract-", folder.parent) as tmp:
+            with tarfile.open(archive, "r|*") as tar:
+                for member in tar:
+                    if member.size > limit:
+                        raise RtkError(f"{archive} is not the CIFAR-10 python archive: its {member.name} declares "
+                                       f"{member.size:,} bytes, more than any CIFAR-10 file holds ({limit:,}); "
+                                       "refused before inflating it")
+                    parent, _, name = posixpath.normpath(member.name).rpartition("/")
+                    if parent == FOLDER_NAME and name in wanted and member.isfile():
+                        member.name = f"{FOLDER_NAME}/{name}"
+                        tar.extract(member, tmp, filter="data")
+                        found.add(name)
+                    if found == wanted:
+                        break
+            missing = [f"{FOLDER_NAME}/{name}" for name in (*TRAIN_BATCHES, TEST_BATCH) if name not in found]
+            if missing:
+                raise RtkError(f"{archive} is not the CIFAR-10 python archive: it has no regular "
+                               f"file {', '.join(missing)}")
+            for name in (*TRAIN_BATCHES, TEST_BATCH):  # never keep what does not load
+                _read_batch(tmp / FOLDER_NAME / name)
             try:
-                os.replace(Path(tmp) / FOLDER_NAME, folder)
+                os.replace(tmp / FOLDER_NAME, folder)
             except OSError:
                 # Another process (a DDP rank) finished the same extraction first.
                 if not _is_batches_folder(folder):
@@ -285,11 +308,14 @@ def download(url: str = OFFICIAL_URL, dest: str | os.PathLike[str] | None = None
     if _is_batches_folder(folder):
         log(f"CIFAR-10 is already in {folder}")
         return folder
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RtkError(f"cannot create {dest}: {exc.strerror or exc}") from exc
-    with owned_temp_dir(".rtk-download-", dest) as tmp:
+    if os.path.lexists(folder) and not folder.is_dir():  # found after 170 MB, by the rename onto it
+        raise RtkError(f"cannot download CIFAR-10 into {dest}: {folder} is in the way and is not a folder")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(new_folder(dest))  # removed again, if it was made and stays empty
+        except OSError as exc:
+            raise RtkError(f"cannot create {dest}: {exc.strerror or exc}") from exc
+        tmp = stack.enter_context(owned_temp_dir(".rtk-download-", dest))
         archive = tmp / "cifar-10-python.tar.gz"
         digest = _fetch(url, archive)
         if digest != md5.lower():

@@ -26,7 +26,7 @@ from typing import Any
 
 from rtk import __version__
 from rtk.errors import RtkError
-from rtk.fileio import atomic_path, sha256_file, write_text_atomic
+from rtk.fileio import atomic_path, check_output, sha256_file, write_text_atomic
 from rtk.log import info
 from rtk.names import with_article
 from rtk.preprocess import IMAGE_SHAPE
@@ -343,6 +343,9 @@ def export_triton(source: Path, repo: Path, *, model_name: str | None = None, pr
     folder = Path(repo) / name
     if folder.exists() and not folder.is_dir():
         raise RtkError(f"cannot write the Triton model {folder}: a file is in the way")
+    model_file = check_output(folder / MODEL_VERSION / MODEL_FILES[model.backend])
+    for file_name in (LABELS_FILE, "README.md", "config.pbtxt"):
+        check_output(folder / file_name)
     # Only rtk's own files are replaced, each atomically: other versions (2/, 3/, ...) and files a
     # user added stay. Every text is made before anything is written, and the model file goes first,
     # config.pbtxt (which makes Triton load it) last.
@@ -350,7 +353,7 @@ def export_triton(source: Path, repo: Path, *, model_name: str | None = None, pr
              "README.md": _readme(model, name, batching, instances, kind),
              "config.pbtxt": triton_config(model, name, batching, instances=instances, kind=kind,
                                            source_sha256=sha256_file(model.source))}
-    with atomic_path(folder / MODEL_VERSION / MODEL_FILES[model.backend]) as tmp:
+    with atomic_path(model_file) as tmp:
         _copy_model_file(model, tmp)
     for file_name, text in texts.items():
         write_text_atomic(folder / file_name, text)

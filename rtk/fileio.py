@@ -98,37 +98,96 @@ def sweep_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+# What stat calls the kinds of file an output path must not be: atomic_path writes a temporary beside
+# the target and renames it over it, which would put a regular file in place of a device node (as
+# root, in place of /dev/null) or a FIFO.
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def output_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why rtk cannot write an artifact at `path`; None when it can (absent, a regular file, or a
+    symbolic link, which is replaced, never followed). Checked before any work by each stage for
+    its outputs, and again by atomic_path."""
+    if not os.fspath(path):
+        return "the path is empty"
+    target = Path(path)
+    try:
+        mode = os.lstat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # the folder check below says which
+        mode = None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    kind = next((name for test, name in _NOT_REGULAR if mode is not None and test(mode)), None)
+    if kind is not None:
+        return (f"it is {kind}, not a regular file (rtk would rename a file of its own over it); "
+                "name a file to write")
+    folder = next((parent for parent in target.parents if os.path.lexists(parent)), None)
+    if folder is not None and not folder.is_dir():
+        return f"{folder} is not a folder"
+    return None
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """`path`, or RtkError (`cannot write PATH: ...`) when output_problem finds one."""
+    problem = output_problem(path)
+    if problem:
+        raise RtkError(f"cannot write {os.fspath(path) or repr('')}: {problem}")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def new_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Make the folder `path` and its missing parents; if the block fails, remove those it made that
+    are still empty, so a failed write, download or extraction leaves no empty folders behind."""
+    path = Path(path)
+    made = [folder for folder in (path, *path.parents) if not os.path.lexists(folder)]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:  # deepest first; one that holds anything (another writer's) stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     A failure (an exception, Ctrl-C, a failed validation raised inside the block) removes the
-    temporary file, so no half-written artifact is ever left at `path`. The file gets the mode a
-    plain open() would give it (see _final_mode); temporaries of killed earlier runs are swept. An
-    OSError while writing (a full or read-only disk) becomes one RtkError naming `path`.
+    temporary file (and the folders made for it), so no half-written artifact is ever left at
+    `path`. An existing `path` that is not a regular file (a device, a FIFO, a folder) is refused
+    before anything is written (output_problem). The file gets the mode a plain open() would give
+    it (see _final_mode); temporaries of killed earlier runs are swept. An OSError while writing (a
+    full or read-only disk) becomes one RtkError naming `path`.
     """
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temporaries(target)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
-    except OSError as exc:
-        raise _write_error(target, exc) from exc
-    tmp = Path(tmp_name)
-    try:
-        _lock(fd)
+    target = check_output(path)
+    with contextlib.ExitStack() as stack:
         try:
-            yield tmp
-        except OSError as exc:  # ENOSPC, EROFS, EDQUOT, EFBIG, EIO from whatever wrote `tmp`
+            stack.enter_context(new_folder(target.parent))
+            sweep_stale_temporaries(target)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        except OSError as exc:
             raise _write_error(target, exc) from exc
+        tmp = Path(tmp_name)
         try:
-            os.chmod(tmp, _final_mode(target))
-            os.replace(tmp, target)
-        except OSError as exc:  # e.g. `path` is an existing directory
-            raise _write_error(target, exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        os.close(fd)
+            _lock(fd)
+            try:
+                yield tmp
+            except OSError as exc:  # ENOSPC, EROFS, EDQUOT, EFBIG, EIO from whatever wrote `tmp`
+                raise _write_error(target, exc) from exc
+            try:
+                os.chmod(tmp, _final_mode(target))
+                os.replace(tmp, target)
+            except OSError as exc:  # e.g. `path` became a folder meanwhile
+                raise _write_error(target, exc) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+            os.close(fd)
 
 
 LOCK_NAME = ".lock"  # in an owned_temp_dir: the file its process holds the flock of

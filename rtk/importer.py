@@ -34,11 +34,12 @@ import torch
 
 from rtk import checkpoint, data
 from rtk.errors import RtkError
-from rtk.fileio import sha256_file
+from rtk.fileio import check_output, sha256_file
 from rtk.log import Log, info
 from rtk.model import ResNet, blocks_per_stage, count_parameters
 from rtk.names import IMPORT_FORMATS
 from rtk.preprocess import CLASSES, MEAN, STD, normalization_metadata, normalize_uint8_nhwc
+from rtk.stats import accuracy_pct
 
 
 def _akamaster_name(rtk_key: str) -> str:
@@ -77,14 +78,19 @@ class Imported:
 # Reading the file
 
 
-def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str, tuple[str, ...]]:
-    """(state dict with unwrapped names, where it sat in the file, prefixes removed)."""
-    obj = checkpoint.load_weights_only(path, what="weights file")
+def read_state_dict(path: Path, depth: int | None = None) -> tuple[dict[str, torch.Tensor], str, tuple[str, ...]]:
+    """(state dict with unwrapped names, where it sat in the file, prefixes removed). A file that
+    declares more data than a ResNet-`depth` checkpoint holds is refused before it is read."""
+    obj = checkpoint.load_weights_only(path, what="weights file", depth=depth)
     if isinstance(obj, Mapping) and obj.get("format") == checkpoint.FORMAT:
         raise RtkError(f"{path} is already an rtk checkpoint: use it as it is (e.g. rtk export --checkpoint {path})")
     container: list[str] = []
     while isinstance(obj, Mapping) and not _is_state_dict(obj):
         key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None and any(isinstance(v, torch.Tensor) for v in obj.values()):
+            others = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+            raise RtkError(f"{path} holds a state dict with {len(others)} entries that are not tensors: "
+                           f"{others[0]!r} is {_kind(obj[others[0]])} (a state dict maps names to tensors only)")
         if key is None:
             keys = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
             raise RtkError(f"{path} holds no state dict (a dict of tensors, at the top or under "
@@ -99,6 +105,10 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str, tuple[str
         tensors = {key[len(prefix):]: value for key, value in tensors.items()}
         removed.append(prefix)
     return tensors, ".".join(container) or "top level", tuple(removed)
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__}" + (f" ({repr(value)[:60]})" if isinstance(value, (int, float, str)) else "")
 
 
 def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
@@ -235,9 +245,14 @@ def _fit(path: Path, name: str, tensor: torch.Tensor, key: str, shape: torch.Siz
         return tensor.to(torch.int64)
     if not tensor.is_floating_point():
         raise RtkError(f"{path}: {name} holds {tensor.dtype} values, where rtk's {key} needs floats")
-    if not torch.isfinite(tensor).all():
-        raise RtkError(f"{path}: {name} holds NaN or infinite values")
-    return tensor.to(torch.float32)
+    values = tensor.to(torch.float32)  # any float dtype (float8 too), as rtk holds it
+    if checkpoint.non_finite_tensors({name: values}):
+        raise RtkError(f"{path}: {name} holds NaN or infinite values"
+                       + (" as float32" if tensor.dtype == torch.float64 else ""))
+    if key.endswith("running_var") and checkpoint.negative_variances({key: values}):
+        raise RtkError(f"{path}: {name} is a BN running variance with values below 0 ({float(values.min()):g}): "
+                       "BN divides by its square root, so every logit would be NaN")
+    return values
 
 
 def map_weights(path: Path, tensors: Mapping[str, torch.Tensor], depth: int,
@@ -272,12 +287,11 @@ def map_weights(path: Path, tensors: Mapping[str, torch.Tensor], depth: int,
 def top1_percent(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                   normalization: Mapping[str, Any]) -> float:
     """Top-1 % of `model` on uint8 [N, 32, 32, 3] images, preprocessed with `normalization`."""
-    correct = 0
     with torch.inference_mode():
-        for start in range(0, len(images), EVAL_BATCH):
-            x = torch.from_numpy(normalize_uint8_nhwc(images[start:start + EVAL_BATCH], dict(normalization)))
-            correct += int((model(x).argmax(1).numpy() == labels[start:start + EVAL_BATCH]).sum())
-    return 100.0 * correct / len(images)
+        logits = np.concatenate([
+            model(torch.from_numpy(normalize_uint8_nhwc(images[start:start + EVAL_BATCH], dict(normalization)))).numpy()
+            for start in range(0, len(images), EVAL_BATCH)])
+    return accuracy_pct(logits, labels, "the imported weights")
 
 
 def import_weights(source: str | os.PathLike[str], out: str | os.PathLike[str], *, depth: int,
@@ -290,14 +304,12 @@ def import_weights(source: str | os.PathLike[str], out: str | os.PathLike[str], 
     with. `out` is never replaced unless `overwrite`. The CIFAR-10 test set, when found, gives the
     accuracy stored in the checkpoint's metrics.
     """
-    source, out = Path(source), Path(out)
+    source, out = Path(source), check_output(out)
     blocks_per_stage(depth)
     normalization = normalization_metadata(mean, std)
-    if out.exists() and not overwrite:
+    if os.path.lexists(out) and not overwrite:
         raise RtkError(f"{out} exists: pass --force to replace it, or --out PATH to write elsewhere")
-    if out.exists() and not out.is_file():
-        raise RtkError(f"cannot write {out}: it is not a file")
-    tensors, container, prefixes = read_state_dict(source)
+    tensors, container, prefixes = read_state_dict(source, depth)
     model, layout = map_weights(source, tensors, depth, fmt)
     how = "by structure (order and shape of every tensor)" if layout == "state-dict" else f"in the {layout} key layout"
     log(f"{source}: {len(tensors)} tensors under {container}"

@@ -127,6 +127,17 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def parameter_count(depth: int) -> int:
+    """count_parameters(ResNet(depth)) by arithmetic, without building the model (MAX_DEPTH's takes seconds)."""
+    n = blocks_per_stage(depth)
+    total, channels = 3 * STAGE_WIDTHS[0] * 9 + 2 * STAGE_WIDTHS[0], STAGE_WIDTHS[0]  # stem conv, BN
+    for width in STAGE_WIDTHS:
+        for _ in range(n):
+            total += (channels * width + width * width) * 9 + 2 * 2 * width  # conv1, conv2, their BNs
+            channels = width
+    return total + channels * NUM_CLASSES + NUM_CLASSES  # fc
+
+
 @dataclass(frozen=True)
 class LayerRow:
     """One row of the paper's architecture table, as `rtk arch` prints it."""

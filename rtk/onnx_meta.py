@@ -102,12 +102,16 @@ def load_onnx(path: str | os.PathLike[str], *, load_weights: bool = True) -> Any
     onnx = require("onnx")
     from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # onnx needs protobuf
 
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read forever
+        raise RtkError(f"{path} is not a regular file, so not an ONNX model")
     try:
         model = onnx.load(os.fspath(path), load_external_data=load_weights)
     except FileNotFoundError as exc:
         raise RtkError(f"ONNX file not found: {path}") from exc
     except (OSError, DecodeError) as exc:
         raise RtkError(f"{path} is not a readable ONNX file: {exc}") from exc
+    except onnx.checker.ValidationError as exc:  # weights in a side file outside the model's folder: not read
+        raise RtkError(f"cannot read the weights of {path}: {' '.join(str(exc).split())}") from exc
     # Protobuf parses an empty file (and some short junk) as an empty message: no IR version,
     # no opset, no graph. That is no model, whatever the parser says.
     if not model.ir_version or not model.opset_import or not model.graph.node:

@@ -200,9 +200,11 @@ def qat_int8(paths: RunPaths, onnx_path: Path, out: Path, *, epochs: int, method
     import tempfile
 
     from rtk import export, qat, quantize
-    from rtk.fileio import sha256_file
+    from rtk.fileio import check_output, sha256_file
     from rtk.onnx_meta import read_metadata
 
+    for written in (out, out.with_suffix(".pt")):
+        check_output(written)  # before the minutes of fine-tuning
     ckpt = ensure_checkpoint(paths, checkpoint, log)
     if read_metadata(onnx_path).get("checkpoint_sha256") != sha256_file(ckpt):
         raise RtkError(f"{onnx_path} was not exported from {ckpt}: QAT fine-tunes the checkpoint the ONNX "

@@ -39,6 +39,7 @@ from rtk import checkpoint as checkpoints
 from rtk.errors import RtkError, require
 from rtk.log import Log, info
 from rtk.onnx_meta import load_onnx
+from rtk.stats import accuracy_pct
 
 if TYPE_CHECKING:
     import torch
@@ -302,9 +303,9 @@ def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) 
     import torch
 
     with torch.no_grad():
-        pred = torch.cat([model(augment.normalize(images[i:i + EVAL_BATCH])).argmax(1)
-                          for i in range(0, len(images), EVAL_BATCH)])
-    return 100.0 * float(np.mean(pred.numpy() == labels))
+        logits = torch.cat([model(augment.normalize(images[i:i + EVAL_BATCH]))
+                            for i in range(0, len(images), EVAL_BATCH)])
+    return accuracy_pct(logits.numpy(), labels, "the fine-tuned model")
 
 
 def training_split(ckpt: dict[str, Any], data_dir: str | os.PathLike[str] | None = None) -> tuple[

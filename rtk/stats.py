@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from rtk.errors import RtkError
+
 Z95 = 1.959963984540054  # standard normal quantile for a two-sided 95% interval
 
 
@@ -73,6 +75,16 @@ def paired(correct: np.ndarray, reference_correct: np.ndarray) -> Paired:
     half = Z95 * math.sqrt(max((fixed + broken) / n - delta**2, 0.0) / n)
     return Paired(images=n, fixed=fixed, broken=broken, delta_pct=100 * delta,
                   ci95_pct=(100 * (delta - half), 100 * (delta + half)), p_value=mcnemar_p(fixed, broken))
+
+
+def accuracy_pct(logits: np.ndarray, labels: np.ndarray, what: str = "the model") -> float:
+    """Top-1 percent of float [N, classes] logits against int [N] labels. NaN or infinite logits are
+    an RtkError, not an accuracy: argmax of NaN is class 0, which scores 10% on CIFAR-10."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise RtkError(f"{what} gave NaN or infinite logits for {int(bad.sum()):,} of {len(logits):,} images: "
+                       "no accuracy can be measured; its weights or BN statistics are broken")
+    return 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
 
 
 def kl_divergence(reference: np.ndarray, logits: np.ndarray) -> float:

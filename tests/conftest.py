@@ -6,6 +6,7 @@
     fake_cifar_dir  a cifar-10-batches-py folder of FAKE_IMAGES_PER_BATCH images per batch, with
                     rtk.data.IMAGES_PER_BATCH set to match for the test (this process only)
     write_fake_cifar(root, ...) / write_batch(path, ...) / dump_py2(obj, path) write such files
+    artifacts       an untrained ResNet-8's checkpoint, ONNX and fake engine, once per test module
 """
 
 from __future__ import annotations
@@ -154,6 +155,26 @@ def write_fake_engine(path: Path, *, precision: str = "fp32", profile: tuple[int
     Path(f"{path}.json").write_text(json.dumps(sidecar, indent=2))
     return sidecar
 
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An untrained ResNet-8 (fast) made once per test module: checkpoint, ONNX and a fake engine with
+    its sidecar, for the fault tests."""
+    import torch
+
+    from rtk import checkpoint
+    from rtk.export import export_onnx
+    from rtk.model import ResNet
+
+    root = tmp_path_factory.mktemp("faults")
+    torch.manual_seed(0)
+    ckpt = checkpoint.save(root / "checkpoint.pt", ResNet(8), split={"seed": 0, "val_size": 5000},
+                           recipe={}, metrics={})
+    onnx_path = export_onnx(ckpt, root / "model.onnx", verify=False, log=lambda message: None)
+    engine = root / "model.fp32.plan"
+    write_fake_engine(engine)
+    return {"root": root, "checkpoint": ckpt, "onnx": onnx_path, "engine": engine}
 
 
 def make_readout_checkpoint(path: Path, cifar: data.Cifar10, num_images: int = 512, seed: int = 0,

@@ -178,7 +178,8 @@ def test_cli_tensorrt_without_tensorrt_exits_2_with_one_line(tmp_path, monkeypat
 @pytest.mark.parametrize("args, message", [
     (["--duration", "1", "--iterations", "3"], "not both"),
     (["--batch-sizes", "1,a"], "comma-separated integers"),
-    (["--batch-sizes", "0,8"], "positive integers"),
+    (["--batch-sizes", "0,8"], "every batch size must be an integer from 1 to 16,384"),
+    (["--batch-sizes", "1,10000000"], "every batch size must be an integer from 1 to 16,384"),
 ])
 def test_cli_refuses_bad_options(args, message, tmp_path):
     result = CliRunner().invoke(main, ["bench", "--runs-dir", str(tmp_path), *args])

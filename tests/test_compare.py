@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import fails_cleanly
 from test_export import make_checkpoint
 
 from rtk import compare, data, export, quantize
@@ -81,5 +82,62 @@ def test_cli_prints_the_table_and_writes_json_and_png(models, cifar_dir, tmp_pat
     assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
     refused = CliRunner().invoke(main, ["compare", str(models["fp32"]), str(models["int8"]), "--images", "9999",
                                         "--data-dir", str(cifar_dir), "--out", str(tmp_path / "x")])
-    assert refused.exit_code != 0 and "error: --images must be 1 to 5000" in refused.output
+    assert refused.exit_code == 2 and "--images must be an integer from 1 to 5,000" in refused.output  # before any work
     assert not (tmp_path / "x").exists()
+
+
+def test_the_cpu_flavours_folded_relus_are_compared_with_relus(models, cifar_dir):
+    """The CPU flavour folds each ReLU into the quantization before it: its Conv writes the ReLU's
+    output name, pre-ReLU. Paired by name alone, FP32 after ReLU met INT8 before it (-13..+11 dB on
+    every relu_N of the shipped model, and the blame fell on a ReLU while the Convs sat near 29 dB)."""
+    cpu = quantize.quantize_int8(models["fp32"], models["root"] / "model.int8.cpu.onnx", target="cpu", num_images=64,
+                                 verify=False, calib_dir=models["root"] / "calib", data_dir=cifar_dir,
+                                 log=lambda _: None)
+    producers = {out: node.op_type for node in onnx.load(cpu).graph.node for out in node.output}
+    assert producers["relu_1"] != "Relu"  # the fold this test is about
+    result = compare.compare(models["fp32"], cpu, num_images=30, data_dir=cifar_dir, log=lambda _: None)
+    rows = result["tensors"]
+    relus = [i for i, row in enumerate(rows) if row["op"] == "Relu"]
+    assert relus and all(rows[i].get("b_relu_applied") for i in relus)
+    for i in relus:  # a ReLU adds no error of its own: about as close to A as the tensor before it
+        assert rows[i]["sqnr_db"] > rows[i - 1]["sqnr_db"] - 6, rows[i - 1:i + 1]
+    convs = [row for row in rows if row["op"] == "Conv"]
+    assert len(convs) == 7 and all(row["sqnr_db"] > 10 for row in convs)  # the Conv outputs are paired too
+    assert result["left_out"] == [] and result["blamed"]["op"] != "Relu"
+
+
+def test_a_byte_copy_loses_nothing_and_metadata_is_checked(models, cifar_dir, tmp_path):
+    copy = tmp_path / "copy" / "model.onnx"  # another folder, the same base name
+    copy.parent.mkdir()
+    copy.write_bytes(models["fp32"].read_bytes())
+    result = CliRunner().invoke(main, ["compare", str(models["fp32"]), str(copy), "--images", "10",
+                                       "--data-dir", str(cifar_dir), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "most SQNR lost: none" in out and "None" not in out and "-0.0 dB" not in out
+    assert json.loads((tmp_path / "compare.json").read_text())["blamed"] is None
+
+    def edited(name: str, change) -> Path:
+        model = onnx.load(models["fp32"])
+        props = {p.key: p.value for p in model.metadata_props}
+        change(props)
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, props)
+        path = tmp_path / name / "model.onnx"
+        path.parent.mkdir()
+        onnx.save(model, path)
+        return path
+
+    other_norm = edited("norm", lambda props: props.update({"rtk.normalization": props["rtk.normalization"].replace(
+        "0.4914", "0.5")}))
+    stripped = edited("stripped", lambda props: props.clear())
+    for b, message in ((other_norm, "normalization differs"), (stripped, r"carries no rtk metadata \(format, depth")):
+        refused = CliRunner().invoke(main, ["compare", str(models["fp32"]), str(b), "--images", "10",
+                                            "--data-dir", str(cifar_dir), "--out", str(tmp_path / "x")])
+        line = fails_cleanly(refused, message)
+        assert str(b) in line and "Traceback" not in refused.output
+    other = export.export_onnx(make_checkpoint(tmp_path / "c.pt", depth=8, seed=1)[0], tmp_path / "other" / "model.onnx",
+                               verify=False, log=lambda _: None)
+    line = fails_cleanly(CliRunner().invoke(main, ["compare", str(models["fp32"]), str(other), "--images", "10",
+                                                   "--data-dir", str(cifar_dir)]), "not one network")
+    assert str(models["fp32"]) in line and str(other) in line  # both paths, not "model.onnx and model.onnx"

@@ -137,6 +137,46 @@ def test_archive_with_a_link_instead_of_a_batch_is_refused(fake_cifar_dir: Path,
     assert not list((tmp_path / "cache").rglob("test_batch"))
 
 
+def test_a_tar_bomb_is_refused_before_inflating_and_nothing_is_kept(fake_cifar_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member declaring far more bytes than any CIFAR-10 file holds (a 154 MB archive's data_batch_1
+    inflated to 3 GiB, kept in the cache): refused from its header, and the cache stays as it was."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (fake_cifar_dir / "data_batch_1").write_bytes(bytes(4 << 20))  # 4 MiB of zeros, a few KB deflated
+    archive = _tar_of(fake_cifar_dir, tmp_path / "bomb.tar.gz")
+    written: list[str] = []
+    real_extract = tarfile.TarFile.extract
+    monkeypatch.setattr(tarfile.TarFile, "extract", lambda self, member, *a, **k: written.append(
+        getattr(member, "name", member)) or real_extract(self, member, *a, **k))
+    result = CliRunner().invoke(main, ["data", "verify", "--data-dir", str(archive)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "declares 4,194,304 bytes, more than any CIFAR-10 file holds" in result.stderr, result.output
+    assert f"{data.FOLDER_NAME}/data_batch_1" not in written
+    assert not (tmp_path / "cache").exists()  # no extraction, no empty extracted/<key>/ folders
+
+
+def test_an_extraction_that_does_not_load_is_not_kept(fake_cifar_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged batch inside the archive: refused at extraction, not kept for every later run to fail on."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _truncate(fake_cifar_dir / "data_batch_2")
+    archive = _tar_of(fake_cifar_dir, tmp_path / "damaged.tar.gz")
+    for _ in range(2):  # the second run finds nothing kept and refuses again, with the reason
+        with pytest.raises(RtkError, match="data_batch_2 is corrupt or truncated"):
+            data.resolve_data_dir(archive)
+        assert not (tmp_path / "cache").exists()
+
+
+def test_members_under_dot_slash_are_taken(fake_cifar_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tar czf x.tar.gz ./cifar-10-batches-py` (a common re-pack) names members ./cifar-10-batches-py/..."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    archive = tmp_path / "repacked.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(fake_cifar_dir, arcname=f"./{data.FOLDER_NAME}")
+    assert data.load_cifar10(archive).checksum() == data.load_cifar10(fake_cifar_dir).checksum()
+
+
 # ---------------------------------------------------------------------------------------------
 # Refused and damaged files
 
@@ -293,6 +333,10 @@ def test_failed_download_leaves_nothing(fake_archive: bytes, tmp_path: Path, pat
     with _serve({"/cifar.tar.gz": fake_archive, "/short": fake_archive}) as base, \
             pytest.raises(RtkError, match=message):
         data.download(base + path, dest, md5 or hashlib.md5(fake_archive).hexdigest())
+    assert not dest.exists()  # not even the folder made for it (it was left empty)
+    dest.mkdir()  # a folder that was there stays, empty
+    with _serve({}) as base, pytest.raises(RtkError, match="HTTP 404"):
+        data.download(base + "/absent", dest)
     assert list(dest.iterdir()) == []
 
 
@@ -321,7 +365,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
         pass  # the port is closed again
     with pytest.raises(RtkError, match=f"cannot download {base}/x"):
         data.download(f"{base}/x", tmp_path / "dest")
-    assert list((tmp_path / "dest").iterdir()) == []
+    assert not (tmp_path / "dest").exists()
 
 
 def test_interrupted_download_leaves_nothing(fake_archive: bytes, tmp_path: Path,
@@ -339,7 +383,7 @@ def test_interrupted_download_leaves_nothing(fake_archive: bytes, tmp_path: Path
     dest = tmp_path / "dest"
     with pytest.raises(KeyboardInterrupt):
         data.download("http://127.0.0.1:9/cifar.tar.gz", dest)
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()
 
 
 def test_cli_download_with_url_from_env(fake_cifar_dir: Path, fake_archive: bytes, tmp_path: Path) -> None:

@@ -41,31 +41,12 @@ from faults_signals import RUN_ARGS, _cfg
 import rtk.runtime
 from rtk import checkpoint
 from rtk.errors import RtkError
-from rtk.model import ResNet
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def files_under(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
-
-
-# ---------------------------------------------------------------------------------------------
-# Artifacts made once for the module (ResNet-8, untrained: fast)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from rtk.export import export_onnx
-
-    root = tmp_path_factory.mktemp("faults")
-    torch.manual_seed(0)
-    ckpt = checkpoint.save(root / "checkpoint.pt", ResNet(8), split={"seed": 0, "val_size": 5000},
-                           recipe={}, metrics={})
-    onnx_path = export_onnx(ckpt, root / "model.onnx", verify=False, log=lambda message: None)
-    engine = root / "model.fp32.plan"
-    write_fake_engine(engine)
-    return {"root": root, "checkpoint": ckpt, "onnx": onnx_path, "engine": engine}
 
 
 # ---------------------------------------------------------------------------------------------

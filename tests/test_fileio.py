@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,29 @@ def test_a_live_writers_temporary_is_not_swept(tmp_path: Path):
         # another writer of the same target (here in the same process) starts meanwhile
         assert sweep_stale_temporaries(target) == [] and tmp.read_text() == "in progress"
     assert target.read_text() == "in progress"
+
+
+def test_a_target_that_is_not_a_regular_file_is_refused_and_a_link_is_replaced(tmp_path: Path):
+    """The rename onto a device node or FIFO put a regular file in its place (as root: /dev/null's)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target, kind in ((fifo, "a FIFO"), (tmp_path, "a folder")):
+        with pytest.raises(RtkError, match=f"cannot write {target}: it is {kind}, not a regular file"):
+            write_text_atomic(target, "x")
+    with pytest.raises(RtkError, match="cannot write '': the path is empty"):
+        write_text_atomic("", "x")
+    with pytest.raises(RtkError, match=f"{fifo} is not a folder"):
+        write_text_atomic(fifo / "inside.txt", "x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)  # replaced, never followed
+    write_text_atomic(link, "x")
+    assert link.read_text() == "x" and not link.is_symlink() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_failed_write_leaves_no_folders_it_made(tmp_path: Path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError), atomic_path(tmp_path / "kept" / "new" / "deeper" / "a.txt") as tmp:
+        tmp.write_text("half")
+        raise ValueError("failed midway")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not list((tmp_path / "kept").iterdir())

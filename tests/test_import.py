@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from conftest import make_readout_checkpoint
+from conftest import fails_cleanly, make_readout_checkpoint
 from torch import nn
 
 from rtk import checkpoint, importer
@@ -357,6 +357,88 @@ def test_no_state_dict_inside_and_rtk_checkpoints_are_refused(tmp_path):
     own = checkpoint.save(tmp_path / "own.pt", ResNet(8), split={}, recipe={}, metrics={})
     with pytest.raises(RtkError, match="already an rtk checkpoint"):  # it keeps its own normalization
         importer.read_state_dict(own)
+
+
+def test_statistics_that_are_no_variances_and_nan_logits_are_refused(tmp_path, monkeypatch, fake_cifar_dir):
+    """One negative BN running_var made every logit NaN, printed as "test accuracy 10.00%" (argmax of NaN)."""
+    sd = renamed(AkaResNet(8).state_dict())
+    sd["body.2.0.norm_1.running_var"][3] = -0.5
+    torch.save(sd, tmp_path / "negative.pt")
+    assert_refused(invoke(tmp_path / "negative.pt", "--depth", 8, "--out", tmp_path / "c.pt"),
+                   "body.2.0.norm_1.running_var is a BN running variance with values below 0 (-0.5)")
+    # finite weights whose activations overflow float32: NaN logits, an error, not an accuracy
+    sd = renamed(AkaResNet(8).state_dict())
+    sd["stem.conv.weight"].fill_(3e38)
+    torch.save(sd, tmp_path / "overflow.pt")
+    line = fails_cleanly(invoke(tmp_path / "overflow.pt", "--depth", 8, "--out", tmp_path / "c.pt",
+                                "--data-dir", fake_cifar_dir), "NaN or infinite logits for 20 of 20 images")
+    assert "no accuracy" in line and not (tmp_path / "c.pt").exists()
+    # a forged rtk checkpoint with such statistics: refused by every reader, naming the tensor
+    from rtk.model import ResNet
+
+    model = ResNet(8)
+    model.bn1.running_var[0] = -1.0
+    forged = checkpoint.save(tmp_path / "forged.pt", model, split={}, recipe={}, metrics={})
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(forged), "--no-verify", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "bn1.running_var holds values below 0" in result.stderr, result.output
+
+
+def test_a_float8_tensor_is_read_as_floats(tmp_path, monkeypatch):
+    """torch.isfinite has no float8 kernel: it raised NotImplementedError, a traceback."""
+    _no_data(monkeypatch, tmp_path)
+    sd = renamed(AkaResNet(8).state_dict())
+    sd["head.weight"] = sd["head.weight"].to(torch.float8_e4m3fn)
+    torch.save(sd, tmp_path / "f8.pt")
+    result = invoke(tmp_path / "f8.pt", "--depth", 8, "--out", tmp_path / "c.pt")
+    assert result.exit_code == 0, result.output
+    assert torch.equal(checkpoint.read(tmp_path / "c.pt")["state_dict"]["fc.weight"],
+                       sd["head.weight"].to(torch.float32))
+
+
+def test_an_entry_that_is_not_a_tensor_is_named(tmp_path):
+    sd = renamed(AkaResNet(8).state_dict())
+    sd["head.bias"] = [0.0] * 10  # a list where a tensor belongs
+    torch.save(sd, tmp_path / "list.pt")
+    assert_refused(invoke(tmp_path / "list.pt", "--depth", 8, "--out", tmp_path / "c.pt"),
+                   "1 entries that are not tensors: 'head.bias' is a list")
+
+
+def _zip_bomb(good: Path, bomb: Path, inflated: int) -> Path:
+    """`good` (a torch.save zip) with its first tensor record replaced by `inflated` deflated zero bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bomb, "w") as out:
+        for record in source.infolist():
+            if record.filename.endswith("/data/0"):
+                out.writestr(record.filename, bytes(inflated), compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                out.writestr(record, source.read(record.filename))
+    return bomb
+
+
+def test_a_checkpoint_zip_bomb_is_refused_before_torch_inflates_it(tmp_path, monkeypatch):
+    """A small zip with one deflated storage of many MB (the report's: 2 MB -> 2 GiB): `rtk import` and
+    `rtk info` inflated it all before refusing. Here 64 MiB, and torch.load never reads a record."""
+    from rtk.model import ResNet
+
+    torch.save(renamed(AkaResNet(8).state_dict()), tmp_path / "plain.pt")
+    own = checkpoint.save(tmp_path / "own.pt", ResNet(8), split={}, recipe={}, metrics={})
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("map_location")) or real_load(*a, **k))
+    for good, args in ((tmp_path / "plain.pt", ["import", "--depth", 8, "--out", tmp_path / "c.pt"]),
+                       (own, ["info"])):
+        bomb = _zip_bomb(good, tmp_path / f"bomb-{good.name}", 64 << 20)
+        assert bomb.stat().st_size < 1 << 20
+        result = CliRunner().invoke(main, [args[0], str(bomb), *map(str, args[1:])])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert re.search(r"declares 67,\d{3},\d{3} bytes of tensor data where its tensors hold", result.stderr), result.output
+    assert "cpu" not in loads  # only the pickle was read ("meta": no record inflated)
+    # an honest file of more than any ResNet-8 holds: refused before reading it too
+    torch.save({**renamed(AkaResNet(8).state_dict()), "extra": torch.zeros(8 << 20)}, tmp_path / "big.pt")
+    assert_refused(invoke(tmp_path / "big.pt", "--depth", 8, "--out", tmp_path / "c.pt"),
+                   "more than any ResNet-8 checkpoint")
+    assert "cpu" not in loads
 
 
 # ---------------------------------------------------------------------------------------------

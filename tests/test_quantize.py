@@ -7,6 +7,7 @@ still has an identity-shortcut block and two Slice+Pad shortcuts, and it quantiz
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -279,7 +280,7 @@ def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_on
     refused = tmp_path / "refused"
     with pytest.raises(quantize.AccuracyDropError, match="not written") as raised:  # must gain 50 points: impossible
         quantize.convert_fp16(fp32_onnx, refused / "model.fp16.onnx", max_drop=-50.0, log=lambda _: None)
-    assert not list(refused.iterdir())
+    assert not refused.exists()  # nothing written, not even the folder made for it
     assert raised.value.figures["max_drop_pct"] == -50.0 and raised.value.figures["test_images"] == 2000
 
 
@@ -384,7 +385,7 @@ def test_cli_reports_a_refused_model_and_goes_on(fp32_onnx, tmp_path, monkeypatc
                                        "--no-verify"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == \
-        "error: not written, too much accuracy lost against FP32: model.int8.cpu.entropy.onnx"
+        "error: not written, too much accuracy lost against FP32: model.int8.cpu.entropy.onnx loses 2.19 points"
     assert "90.02%" in result.output and "-2.19" in result.output and "0.02131" in result.output  # KL column
     assert (tmp_path / "model.int8.cpu.minmax.onnx").is_file()
     assert (tmp_path / "model.int8.cpu.percentile.onnx").is_file()
@@ -465,24 +466,33 @@ def test_excluded_convs_stay_float_in_both_flavours(fp32_onnx, tmp_path):
 
 
 def test_max_validation_drop_leaves_convs_out_only_while_the_budget_needs_it(fp32_onnx, tmp_path, monkeypatch):
-    quantized(fp32_onnx, tmp_path / "loose", "cpu", max_validation_drop=100.0)
+    _, model = quantized(fp32_onnx, tmp_path / "loose", "cpu", max_validation_drop=100.0)
     entry = json.loads(next((tmp_path / "loose" / "calib").glob("*.json")).read_text())["quantized"]["cpu"]
-    selection = entry["mixed_precision"]
+    selection = decode_metadata({p.key: p.value for p in model.metadata_props})["calibration"]["mixed_precision"]
+    assert "mixed_precision" not in entry  # the evidence travels with the model it chose
     assert selection["float_convs"] == entry["float_convs"] == [] and entry["int8_mac_share"] == 1.0
     assert len(selection["steps"]) == 1 and selection["validation_images"] == 5000
     assert selection["steps"][0]["validation"]["images"] == 5000  # chosen on the validation split
     # the TensorRT flavour's own float Convs are float in every candidate and never ranked
-    quantized(fp32_onnx, tmp_path / "trt", "tensorrt", max_validation_drop=100.0)
+    _, model = quantized(fp32_onnx, tmp_path / "trt", "tensorrt", max_validation_drop=100.0)
     entry = json.loads(next((tmp_path / "trt" / "calib").glob("*.json")).read_text())["quantized"]["tensorrt"]
+    selection = decode_metadata({p.key: p.value for p in model.metadata_props})["calibration"]["mixed_precision"]
     leading = list(conv_macs(fp32_onnx))[:2]
-    assert entry["float_convs"] == entry["mixed_precision"]["float_convs"] == sorted(leading)
-    assert entry["mixed_precision"]["steps"][0]["float_convs"] == leading and entry["int8_mac_share"] < 1.0
-    # a budget no mix can meet (gain 50 points): every Conv ranked, then one clear error (on 500
-    # validation images, to keep the 14 quantize-and-measure steps short)
-    split = data.split_indices
+    assert entry["float_convs"] == selection["float_convs"] == sorted(leading)
+    assert selection["steps"][0]["float_convs"] == leading and entry["int8_mac_share"] < 1.0
+    # a budget no mix meets (here every candidate loses 50 points): every Conv ranked, then one clear
+    # error naming the manifest (on 500 validation images, to keep the 14 quantize-and-measure steps short)
+    from rtk.quantize import mixed_precision
+
+    split, paired = data.split_indices, mixed_precision.paired
     monkeypatch.setattr(data, "split_indices", lambda *a, **k: (split(*a, **k)[0], split(*a, **k)[1][:500]))
-    with pytest.raises(RtkError, match="no mix of INT8 and float Convs"):
-        quantized(fp32_onnx, tmp_path / "impossible", "cpu", max_validation_drop=-50.0)
+    monkeypatch.setattr(mixed_precision, "paired", lambda *a: dataclasses.replace(paired(*a), delta_pct=-50.0))
+    with pytest.raises(quantize.AccuracyDropError, match=r"no mix of INT8 and float Convs .* calibration manifest "
+                                                         r".*calib/resnet8-.*\.json, which every rerun reuses"):
+        quantized(fp32_onnx, tmp_path / "impossible", "cpu", max_validation_drop=0.0)
+    for budget in (-1.0, float("nan"), float("inf")):  # before any work
+        with pytest.raises(RtkError, match="--max-drop must be a finite number of points >= 0"):
+            quantized(fp32_onnx, tmp_path / "bad", "cpu", max_validation_drop=budget)
 
 
 def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_they_are(tmp_path, cifar_dir,
@@ -569,3 +579,75 @@ def test_tuning_is_refused_where_it_does_not_apply(fp32_onnx, tmp_path):
     for args in (["--target", "cpu"], ["--fp16"], ["--target", "tensorrt", "--qat-epochs", "1"]):
         result = CliRunner().invoke(main, ["quantize", "--onnx", str(fp32_onnx), "--tune-steps", "5", *args])
         assert result.exit_code == 2 and "--tune-steps tunes the TensorRT flavour" in result.output, result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# A manifest edited by hand or forged: every range checked, the manifest named
+
+
+def _cli_quantize(source: Path, tmp_path: Path, *extra: str):
+    return CliRunner().invoke(main, ["quantize", "--onnx", str(source), "--target", "cpu", "--num-images",
+                                     str(CALIB_IMAGES), "--calib-dir", str(tmp_path / "calib"), *extra])
+
+
+@pytest.mark.parametrize("forge, message", [
+    (lambda r: r.update({next(iter(r)): [0.0, 0.0]}), "has no width"),
+    (lambda r: r.update({next(iter(r)): [5.0, -5.0]}), "has low > high"),
+    (lambda r: r.update({next(iter(r)): [float("nan"), float("nan")]}), "is not finite"),
+    (lambda r: r.update({next(iter(r)): ["low", "high"]}), "not \\[low, high\\]"),
+    (lambda r: r.pop(next(iter(r))), "does not fit model.onnx: it has no range for"),
+    (lambda r: r.update({"no_such_tensor": [0.0, 1.0]}), "a range for no_such_tensor, which it does not calibrate"),
+])
+def test_a_forged_manifest_is_refused_naming_it(fp32_onnx, tmp_path, forge, message):
+    """[0, 0] or [5, -5] were used as they were with --no-verify (the model written scored 89.69%);
+    NaN, strings and a missing tensor ended in tracebacks."""
+    from conftest import fails_cleanly
+
+    source = tmp_path / "model.onnx"
+    source.write_bytes(fp32_onnx.read_bytes())
+    assert _cli_quantize(source, tmp_path, "--no-verify").exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    record = json.loads(manifest.read_text())
+    forge(record["ranges"])
+    manifest.write_text(json.dumps(record))
+    (tmp_path / "model.int8.cpu.onnx").unlink()
+    line = fails_cleanly(_cli_quantize(source, tmp_path, "--no-verify"), message)
+    assert str(manifest) in line and not (tmp_path / "model.int8.cpu.onnx").exists()
+
+
+def test_a_duplicated_range_and_an_accuracy_the_ranges_cannot_reach_name_the_manifest(tmp_path, cifar10):
+    from conftest import fails_cleanly, make_readout_checkpoint
+
+    checkpoint = make_readout_checkpoint(tmp_path / "checkpoint.pt", cifar10, depth=8)  # ~25% top-1, not chance
+    source = export.export_onnx(checkpoint, tmp_path / "model.onnx", verify=False, log=lambda _: None)
+    assert _cli_quantize(source, tmp_path, "--no-verify").exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    text = manifest.read_text()
+    name, value = next(iter(json.loads(text)["ranges"].items()))
+    manifest.write_text(text.replace('"ranges": {', f'"ranges": {{"{name}": {json.dumps(value)},', 1))
+    fails_cleanly(_cli_quantize(source, tmp_path, "--no-verify"), f"'{name}' is given 2 times")
+    # valid but absurd ranges (a hundredth of each): the model loses accuracy, and the refusal says
+    # which manifest every rerun would reuse
+    record = json.loads(text)
+    record["ranges"] = {key: [low / 100, high / 100] for key, (low, high) in record["ranges"].items()}
+    manifest.write_text(json.dumps(record))
+    line = fails_cleanly(_cli_quantize(source, tmp_path), "too much accuracy lost")
+    assert f"calibration manifest {manifest}, which every rerun reuses" in line
+
+
+def test_max_drop_must_be_a_finite_budget_and_a_choice_that_changes_nothing_leaves_the_manifest(fp32_onnx, tmp_path):
+    """`--max-drop nan` wrote NaN (not JSON) into the manifest; `--max-drop -1` searched for minutes;
+    a --max-drop run whose choice was the default model rewrote the reused manifest."""
+    source = tmp_path / "model.onnx"
+    source.write_bytes(fp32_onnx.read_bytes())
+    for budget in ("nan", "-1", "inf"):
+        result = _cli_quantize(source, tmp_path, "--max-drop", budget)
+        assert result.exit_code == 2 and "--max-drop" in result.output and not (tmp_path / "calib").exists()
+    assert _cli_quantize(source, tmp_path, "--no-verify").exit_code == 0
+    (manifest,) = (tmp_path / "calib").iterdir()
+    before = manifest.stat()
+    result = _cli_quantize(source, tmp_path, "--no-verify", "--max-drop", "100", "--out", str(tmp_path / "mp.onnx"))
+    assert result.exit_code == 0, result.output
+    after = manifest.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert read_metadata(tmp_path / "mp.onnx")["calibration"]["mixed_precision"]["float_convs"] == []

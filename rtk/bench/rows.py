@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rtk import pipeline
+from rtk import limits, pipeline
 from rtk.bench.timing import TimingPlan
 from rtk.errors import GPU_INSTALL, MissingDependency, RtkError, install_hint, require
 from rtk.log import Log
@@ -41,6 +41,13 @@ class BenchConfig:
     accuracy: bool = True
     limit_images: int | None = None  # testing aid: accuracy on the first N test images only
     torch_compile: bool = True  # CUDA only: the torch.compile row (minutes of autotuning)
+
+    def __post_init__(self) -> None:  # rtk.limits' bounds, before any artifact is made
+        limits.check_threads(self.threads)
+        for size in self.batch_sizes or ():
+            limits.check_batch(size)
+        if self.limit_images is not None:
+            limits.check_count("limit_images", self.limit_images, limits.TEST_IMAGES, "the test set")
 
 
 @dataclass(frozen=True)

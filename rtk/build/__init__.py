@@ -40,7 +40,7 @@ from typing import Any
 from rtk.engine_meta import FORMAT as ENGINE_FORMAT
 from rtk.engine_meta import sidecar_path
 from rtk.errors import RtkError, require, require_installed
-from rtk.fileio import atomic_path, provenance, sha256_file, write_text_atomic
+from rtk.fileio import atomic_path, check_output, provenance, sha256_file, write_text_atomic
 from rtk.log import Log, info
 from rtk.names import with_article
 from rtk.onnx_meta import check_finite_weights, load_onnx, read_metadata
@@ -136,7 +136,15 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
                        "query a GPU)")
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise RtkError(f"batch profile must satisfy 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}")
-    onnx_path, out = Path(onnx_path), Path(out)
+    onnx_path, out = Path(onnx_path), check_output(out)
+    written = [sidecar_path(out)]
+    if not rtx:  # TensorRT's layer report and timing cache (rtk.build.tensorrt_builder)
+        from rtk.build.inspector import layers_path
+        from rtk.build.tensorrt_builder import timing_cache_path
+
+        written += [layers_path(out), timing_cache_path(out, None if timing_cache is None else Path(timing_cache))]
+    for path in written:
+        check_output(path)  # before the build, not after it
     metadata, float_convs = _checked_source(onnx_path, precision)
     environment = builder_environment(runtime)
     batches = (min_batch, opt_batch, max_batch)

@@ -60,6 +60,11 @@ def _check_config(builder: trt.Builder, network: trt.INetworkDefinition, config:
             raise RtkError("TensorRT could not create a timing cache")
 
 
+def timing_cache_path(out: Path, timing_cache: Path | None) -> Path:
+    """The timing cache a build of `out` reads and writes: `timing_cache`, else timing.cache beside `out`."""
+    return timing_cache if timing_cache is not None else out.parent / "timing.cache"
+
+
 def build(onnx_path: Path, out: Path, *, precision: str, float_convs: list[str], environment: tuple[str, dict[str, str]],
           batches: tuple[int, int, int], workspace_mb: int, optimization_level: int, tf32: bool,
           timing_cache: Path | None, log: Log) -> Built:
@@ -74,7 +79,7 @@ def build(onnx_path: Path, out: Path, *, precision: str, float_convs: list[str],
                        "tensorrt-rtx` builds in a process of its own that sets it)")
     tensorrt_version, gpu = environment
     check = NetworkCheck(trt, precision, float_convs, onnx_path.name)
-    cache_path = timing_cache if timing_cache is not None else out.parent / "timing.cache"
+    cache_path = timing_cache_path(out, timing_cache)
     log(f"building {with_article(precision)} TensorRT {tensorrt_version} engine for {gpu['name']} from {onnx_path} "
         f"(batch {'/'.join(map(str, batches))}, TF32 {'on' if tf32 else 'off'}, "
         f"optimization level {optimization_level})")

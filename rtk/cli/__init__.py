@@ -35,6 +35,16 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def _check_working_folder() -> None:
+    """Before any command (and torch, whose import from a deleted folder ends in "Intel oneMKL FATAL
+    ERROR: Cannot load libtorch_cpu.so" and exit 2): the current folder must still exist."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise RtkError("the current folder no longer exists (it was deleted or moved away): cd into an existing "
+                       "folder and run rtk again") from None
+
+
 class RtkGroup(click.Group):
     """Turns user errors into one clear line and a non-zero exit, never a traceback.
 
@@ -44,6 +54,7 @@ class RtkGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            _check_working_folder()
             with sigterm_raises():
                 result = super().invoke(ctx)
                 self._flush_stdout()

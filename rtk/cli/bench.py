@@ -6,8 +6,18 @@ from pathlib import Path
 
 import click
 
+from rtk import limits
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import (
+    Finite,
+    OutputPath,
+    data_dir_option,
+    depth_option,
+    images,
+    runs_dir_option,
+    threads_option,
+)
+from rtk.errors import RtkError
 from rtk.names import BACKENDS, BENCH_PRECISIONS
 
 
@@ -18,9 +28,12 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
         sizes = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 1,32,256, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"batch sizes must be positive integers, got {value!r}")
-    return tuple(sorted(set(sizes)))
+    if not sizes:
+        raise click.BadParameter(f"expected comma-separated integers like 1,32,256, got {value!r}")
+    try:
+        return tuple(sorted({limits.check_batch(size, "every batch size") for size in sizes}))
+    except RtkError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.command(context_settings={"show_default": True})
@@ -36,15 +49,14 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
                    "RTX GPUs) only when asked for.")
 @click.option("--batch-sizes", callback=_batch_sizes, default=None,
               help="Comma-separated batch sizes [CPU: 1,32,256; CUDA: 1,256,4096].")
-@click.option("--warmup", type=click.FloatRange(min=0), default=1.0,
+@click.option("--warmup", type=Finite(min=0), default=1.0,
               help="Seconds of warm-up per row and batch size, not timed (at least one call).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--duration", type=Finite(min=0, min_open=True), default=None,
               help="Seconds of timed calls per row and batch size (at least 5 calls) [3].")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Timed calls per row and batch size, instead of --duration.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for every backend [all cores this process may use].")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@threads_option("CPU threads for every backend [all cores this process may use]")
+@click.option("--out", type=OutputPath(file_okay=False), default=None,
               help="Folder for bench.json, bench.md, bench.png [RUNS_DIR/resnet<depth>].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint to start from [RUNS_DIR/resnet<depth>/checkpoint.pt, else the shipped weights].")
@@ -53,7 +65,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--torch-compile/--no-torch-compile", default=True,
               help="CUDA only: include the torch.compile FP16 row (autotuning takes minutes).")
 # Testing aid, hidden from --help (docs/benchmarks.md): accuracy on the first N test images only.
-@click.option("--limit-images", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--limit-images", type=images(limits.TEST_IMAGES, "the test set"), default=None, hidden=True)
 @data_dir_option
 @runs_dir_option
 def bench(precision: str, depth: int, backend: str, batch_sizes: tuple[int, ...] | None, warmup: float,
@@ -69,8 +81,12 @@ def bench(precision: str, depth: int, backend: str, batch_sizes: tuple[int, ...]
         raise click.UsageError("give --duration or --iterations, not both")
     from rtk import bench as bench_stage
     from rtk import data, report
+    from rtk.fileio import check_output
     from rtk.log import info
 
+    out_dir = Path(out) if out else Path(runs_dir) / f"resnet{depth}"
+    for name in report.REPORT_FILES:  # before minutes of exports, calibration and timing
+        check_output(out_dir / name)
     # The test set (accuracy) and training images (INT8 calibration): fetched into the cache on a
     # fresh machine, so the README's first command works with nothing but a network.
     data_dir = str(data.ensure_data(data_dir))
@@ -90,7 +106,6 @@ def bench(precision: str, depth: int, backend: str, batch_sizes: tuple[int, ...]
         torch_compile=torch_compile,
     )
     result = report.with_targets(bench_stage.run_bench(config, log=info).to_dict())
-    out_dir = Path(out) if out else Path(runs_dir) / f"resnet{depth}"
     paths = report.write_reports(result, out_dir)
     report.print_tables(result)
     for path in paths.values():

@@ -9,7 +9,7 @@ import click
 
 from rtk.build import PRECISIONS  # imports tensorrt only inside its functions
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import BATCH, OutputPath, data_dir_option, depth_option, runs_dir_option
 from rtk.names import ENGINE_RUNTIMES
 
 
@@ -38,18 +38,18 @@ def _capabilities(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="ONNX to build from [default: the run's file for --precision, made by export / quantize "
                    "if missing].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Engine to write [default: model.<precision>.plan, or model.<precision>.rtx.plan, beside "
                    "the ONNX].")
-@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--opt-batch", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--min-batch", type=BATCH, default=1, show_default=True)
+@click.option("--opt-batch", type=BATCH, default=256, show_default=True,
               help="Batch the kernels are tuned for.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--max-batch", type=BATCH, default=1024, show_default=True)
 @click.option("--workspace-mb", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Workspace memory pool limit.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="Builder optimization level (TensorRT's default is 3; 5 searches longest).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--timing-cache", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="tensorrt: timing cache read and updated by every build [default: timing.cache beside the "
                    "engine].")
 @click.option("--tf32/--no-tf32", default=True, show_default=True,
@@ -70,13 +70,15 @@ def build(precision: str, runtime: str, compute_capabilities: tuple[str, ...], d
     if timing_cache is not None and runtime == "tensorrt-rtx":
         raise click.UsageError("--timing-cache is for --runtime tensorrt: TensorRT for RTX takes no timing cache")
     from rtk.build import build_engine, builder_environment
+    from rtk.fileio import check_output
     from rtk.pipeline import ensure_onnx_for, run_paths
 
     builder_environment(runtime)  # fail before exporting or calibrating inputs for an engine that cannot be built
     paths = run_paths(depth, runs_dir)
-    source = onnx_path or ensure_onnx_for(paths, precision, data_dir=data_dir)
+    engine = check_output(out or (onnx_path or paths.onnx_for(precision)).parent / paths.engine(precision, runtime).name)
+    source = onnx_path or ensure_onnx_for(paths, precision, data_dir=data_dir)  # (build_engine checks the rest)
     written = build_engine(
-        source, out or source.parent / paths.engine(precision, runtime).name, precision=precision, runtime=runtime,
+        source, engine, precision=precision, runtime=runtime,
         compute_capabilities=compute_capabilities, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mb=workspace_mb, optimization_level=opt_level, timing_cache=timing_cache, tf32=tf32)
     click.echo(str(written))

@@ -7,7 +7,7 @@ import json
 import click
 
 from rtk.cli import main
-from rtk.cli.options import data_dir_option
+from rtk.cli.options import OutputPath, data_dir_option
 
 
 @main.group()
@@ -21,7 +21,7 @@ def data() -> None:
                    "archive at www.cs.toronto.edu].")
 @click.option("--md5", envvar="RTK_CIFAR_MD5", default=None,
               help="Expected md5 of the archive [env RTK_CIFAR_MD5; default: the official one].")
-@click.option("--dest", type=click.Path(file_okay=False), default=None,
+@click.option("--dest", type=OutputPath(file_okay=False), default=None,
               help="Folder to put cifar-10-batches-py in [default: $XDG_CACHE_HOME/rtk or ~/.cache/rtk].")
 def download(url: str | None, md5: str | None, dest: str | None) -> None:
     """Download the CIFAR-10 python archive (progress bar, md5 check) and extract it.

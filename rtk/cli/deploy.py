@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import BATCH, OutputPath, data_dir_option, depth_option, runs_dir_option
 from rtk.deploy import DEFAULT_MAX_QUEUE_DELAY_US, DEFAULT_ONNX_MAX_BATCH
 
 
@@ -25,13 +25,13 @@ def deploy() -> None:
               help="An .onnx file, or a TensorRT engine (.plan) with its .plan.json sidecar [default: "
                    "runs/resnet<depth>/model.<precision>.plan for --kind gpu if built, else the ONNX "
                    "of that precision, made from the checkpoint if missing].")
-@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--repo", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Model repository folder [default: <runs-dir>/triton].")
 @click.option("--model-name", default=None,
               help="Folder and Triton name of the model [default: e.g. resnet20_fp32_onnx, resnet20_int8_trt].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+@click.option("--max-batch", type=BATCH, default=None,
               help=f"max_batch_size [default: the engine profile's max; {DEFAULT_ONNX_MAX_BATCH} for ONNX].")
-@click.option("--preferred-batch", type=click.IntRange(min=1), multiple=True,
+@click.option("--preferred-batch", type=BATCH, multiple=True,
               help="A preferred dynamic batch size (repeatable) [default: the engine's opt and max "
                    "batch; none for ONNX].")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_MAX_QUEUE_DELAY_US,

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from rtk import limits
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import BATCH, OutputPath, data_dir_option, depth_option, images, runs_dir_option
 from rtk.onnx_meta import MIN_OPSET, OPSET
 
 if TYPE_CHECKING:
@@ -23,16 +24,16 @@ DEFAULT_DEPTH = 20
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint to export [default: runs/resnet<depth>/checkpoint.pt, else the shipped "
                    "weights]. Without --depth: the checkpoint's depth, or 20 when no checkpoint is given.")
-@click.option("--out", type=click.Path(), default=None,
+@click.option("--out", type=OutputPath(), default=None,
               help="ONNX file to write, or a folder (existing, or named with a trailing /) to write "
                    "model.onnx in [default: runs/resnet<depth>/model.onnx].")
-@click.option("--fixed-batch", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--fixed-batch", type=BATCH, default=None, metavar="N",
               help="Export a fixed batch of N instead of a dynamic batch axis.")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=OPSET, show_default=True,
               help="ONNX opset; the default is the newest TensorRT 10 reads.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare onnxruntime against torch after the export (the graph checks always run).")
-@click.option("--num-images", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--num-images", type=images(limits.TEST_IMAGES, "the test set"), default=512, show_default=True,
               help="Images for the comparison: CIFAR-10 test images when found, else random ones.")
 @data_dir_option
 @runs_dir_option

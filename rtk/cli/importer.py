@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import OutputPath, data_dir_option, depth_option, runs_dir_option
 from rtk.names import IMPORT_FORMATS
 from rtk.preprocess import MEAN, STD
 
@@ -31,7 +31,7 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
 @main.command("import")
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @depth_option(default=None, required=True, help="Depth of the ResNet in SOURCE, 6n+2 (20, 32, 44, 56, 110, ...).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint to write [default: RUNS_DIR/resnet<depth>/checkpoint.pt].")
 @click.option("--force", is_flag=True, help="Replace --out if it exists (never done without this).")
 @click.option("--mean", callback=_rgb, default=None, metavar="R,G,B",

@@ -8,10 +8,12 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from rtk import limits
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import Finite, OutputPath, data_dir_option, depth_option, runs_dir_option
 from rtk.errors import RtkError
 from rtk.names import CALIBRATION_METHODS, INT8_TARGETS, TUNE_STEPS
+from rtk.pipeline import RunPaths
 
 ALL = "all"
 DEFAULT_DEPTH = 20
@@ -29,18 +31,18 @@ DEFAULT_DEPTH = 20
 @click.option("--precision", type=click.Choice(["int8", "fp16", ALL]), default="int8", show_default=True,
               help="int8: the QDQ models; fp16: model.fp16.onnx (FP32 inputs and outputs); all: both.")
 @click.option("--fp16", "fp16_only", is_flag=True, help="Same as --precision fp16.")
-@click.option("--num-images", type=click.IntRange(min=10), default=1024, show_default=True,
+@click.option("--num-images", type=click.IntRange(10, limits.TRAIN_IMAGES - limits.VALIDATION_IMAGES), default=1024, show_default=True,
               help="Calibration images, class-balanced, from the training split only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which calibration images.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="FP32 ONNX to start from (its depth is read from its metadata); outputs go beside it "
                    "[default: runs/resnet<depth>/model.onnx, "
                    "exported from the checkpoint if missing].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="File to write, when exactly one model is asked for.")
-@click.option("--calib-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--calib-dir", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Calibration manifests [env RTK_CALIB_DIR; default: calib].")
-@click.option("--max-drop", "max_drop", type=float, default=None,
+@click.option("--max-drop", "max_drop", type=Finite(min=0), default=None,
               help="Mixed precision: leave the fewest, cheapest Convs float so that INT8 loses at most this many "
                    "points against FP32 on the validation split (chosen there; the test set only reports).")
 @click.option("--qat-epochs", type=click.IntRange(min=1), default=None,
@@ -65,7 +67,8 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
     the calibration (images, data checksum, ranges, scales) goes to calib/ and is reused next time.
     """
     from rtk import quantize as stage
-    from rtk.pipeline import RunPaths, ensure_onnx, run_paths
+    from rtk.fileio import check_output
+    from rtk.pipeline import ensure_onnx, run_paths
 
     if fp16_only and precision != "fp16" and \
             click.get_current_context().get_parameter_source("precision") is not ParameterSource.DEFAULT:
@@ -91,15 +94,15 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
 
     depth = _depth(depth, onnx_path)
     paths = RunPaths(depth, onnx_path.parent) if onnx_path is not None else run_paths(depth, runs_dir)
+    destinations = [_destination(paths, kind, flavour, calibration, out, qat_epochs, len(methods))
+                    for kind, flavour, calibration in jobs]
+    for destination in destinations:  # before the export, calibration and validation they would follow
+        for path in (destination, stage.validation_path(destination),
+                     *([destination.with_suffix(".pt")] if qat_epochs else [])):
+            check_output(path)
     source = onnx_path or ensure_onnx(paths, data_dir=data_dir)
-    rows = []  # (file, method, validation figures or None, written)
-    for kind, flavour, calibration in jobs:
-        if kind == "fp16":
-            destination = out or paths.fp16_onnx
-        else:
-            default = paths.int8_onnx(flavour)
-            destination = out or (default.with_suffix(".qat.onnx") if qat_epochs else default if len(methods) == 1
-                                  else default.with_suffix(f".{calibration}.onnx"))
+    rows: list[tuple[Path, str, dict | None, str | None]] = []  # file, method, figures, why not written
+    for (kind, flavour, calibration), destination in zip(jobs, destinations):
         try:
             if kind == "fp16":
                 stage.convert_fp16(source, destination, data_dir=data_dir, verify=verify)
@@ -114,17 +117,29 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
                                     max_validation_drop=max_drop,
                                     tune_steps=tune_steps if flavour == "tensorrt" else None)
         except stage.AccuracyDropError as exc:  # the others still run: --method all is for comparing
-            rows.append((destination, calibration, exc.figures, False))
+            rows.append((destination, calibration, exc.figures, str(exc)))
             continue
         record = stage.validation_path(destination)
-        rows.append((destination, calibration, json.loads(record.read_text()) if record.is_file() else None, True))
+        rows.append((destination, calibration, json.loads(record.read_text()) if record.is_file() else None, None))
     _print_summary(rows)
-    for path, _, _, written in rows:
-        if written:
+    for path, _, _, refused in rows:
+        if refused is None:
             click.echo(str(path))
-    refused = [path.name for path, _, _, written in rows if not written]
-    if refused:
-        raise RtkError(f"not written, too much accuracy lost against FP32: {', '.join(refused)}")
+    refusals = [refused for *_, refused in rows if refused is not None]
+    if refusals:
+        raise RtkError(f"not written, too much accuracy lost against FP32: {'; '.join(refusals)}")
+
+
+def _destination(paths: RunPaths, kind: str, flavour: str, method: str, out: Path | None, qat_epochs: int | None,
+                 methods: int) -> Path:
+    """The file one job writes: --out, else the run's name for it (with the method when several run)."""
+    if out is not None:
+        return out
+    if kind == "fp16":
+        return paths.fp16_onnx
+    default = paths.int8_onnx(flavour)
+    return default.with_suffix(".qat.onnx") if qat_epochs else default if methods == 1 else \
+        default.with_suffix(f".{method}.onnx")
 
 
 def _depth(depth: int | None, onnx_path: Path | None) -> int:
@@ -143,7 +158,7 @@ def _depth(depth: int | None, onnx_path: Path | None) -> int:
     return int(recorded)
 
 
-def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
+def _print_summary(rows: list[tuple[Path, str, dict | None, str | None]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -157,7 +172,8 @@ def _print_summary(rows: list[tuple[Path, str, dict | None, bool]]) -> None:
     for column in ("accuracy", "vs FP32", "fixed/broken, p", "agreement", "KL to FP32"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("written", no_wrap=True)
-    for path, method, figures, written in rows:
+    for path, method, figures, refused in rows:
+        written = refused is None
         cells = (["-"] * 5 if figures is None else
                  [f"{figures['accuracy_pct']:.2f}%", f"{figures['delta_pct']:+.2f}", brief(figures.get("evidence")),
                   f"{figures['top1_agreement_pct']:.2f}%",

@@ -11,8 +11,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from rtk import limits
 from rtk.cli import main
-from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
+from rtk.cli.options import BATCH, Finite, OutputPath, data_dir_option, depth_option, runs_dir_option
 
 
 @main.command(context_settings={"show_default": True})
@@ -21,21 +22,22 @@ from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
               help="paper: He et al. (SGD 0.1, batch 128, /10 at 32k and 48k, 64k iterations). "
                    "fast: batch 512, bf16, one-cycle peak lr 0.4, Nesterov, wd 5e-4, 150 epochs (for GPUs). "
                    "Options below override the recipe.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--epochs", type=Finite(min=0, min_open=True), default=None,
               help="Length in epochs of the training split [recipe].")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Length in optimizer steps (wins over --epochs) [paper: 64000].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch [recipe].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--batch-size", type=BATCH, default=None,
+              help="Global batch, at most the training split [recipe].")
+@click.option("--lr", type=Finite(min=0, min_open=True), default=None,
               help="Base (peak, for onecycle) learning rate [recipe].")
-@click.option("--momentum", type=click.FloatRange(0, 1), default=None, help="[0.9]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[recipe]")
+@click.option("--momentum", type=Finite(0, 1), default=None, help="[0.9]")
+@click.option("--weight-decay", type=Finite(min=0), default=None, help="[recipe]")
 @click.option("--nesterov/--no-nesterov", default=None, help="[recipe]")
 @click.option("--schedule", type=click.Choice(["paper", "cosine", "onecycle"]), default=None,
               help="paper: lr/10 at 50% and 75% of the run (32k/48k of 64k) [recipe].")
 @click.option("--seed", type=int, default=0, help="Weights, batch order and augmentation.")
 @click.option("--split-seed", type=int, default=0, help="The 45k/5k train/validation split.")
-@click.option("--val-size", type=click.IntRange(min=0), default=5000,
+@click.option("--val-size", type=click.IntRange(0, limits.TRAIN_IMAGES - 1), default=5000,
               help="Validation images held out of the 50k; 0 trains on all 50k.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
@@ -44,7 +46,7 @@ from rtk.cli.options import data_dir_option, depth_option, runs_dir_option
               type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
               help="torch.compile the model for training steps (CUDA: reduce-overhead adds CUDA graphs; "
                    "faster steps, costs a minute of compile time).")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out-dir", type=OutputPath(file_okay=False), default=None,
               help="Run folder [RUNS_DIR/resnet<depth>].")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out-dir from its checkpoint, with its own options (only --device, "

@@ -48,7 +48,8 @@ from rtk.checkpoint import load as load_checkpoint
 from rtk.errors import RtkError, require
 from rtk.export.graph import BATCH_AXIS, GraphReport, graph_report
 from rtk.export.validation import ATOL, RTOL, VALIDATION_IMAGES, Validation, validate_onnx, validation_inputs
-from rtk.fileio import atomic_path, sha256_file
+from rtk.fileio import atomic_path, check_output, sha256_file
+from rtk.limits import check_batch
 from rtk.log import Log, info
 from rtk.onnx_meta import FORMAT, MIN_OPSET, OPSET, encode_metadata, load_onnx
 from rtk.preprocess import IMAGE_SHAPE
@@ -130,9 +131,9 @@ def export_onnx(
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise RtkError(f"opset {opset} is not supported: choose {MIN_OPSET}..{onnx.defs.onnx_opset_version()} "
                        f"(default {OPSET}, the newest TensorRT 10 reads)")
-    if batch_size is not None and batch_size < 1:
-        raise RtkError(f"a fixed batch must be at least 1, got {batch_size}")
-    checkpoint, out = Path(checkpoint), Path(out)
+    if batch_size is not None:
+        check_batch(batch_size, "a fixed batch")
+    checkpoint, out = Path(checkpoint), check_output(out)
     model, ckpt = load_checkpoint(checkpoint, depth)
     # The reference is a second copy built from the checkpoint dict, so whatever happens to the
     # traced module on its way through the exporter, the file is compared with the checkpoint.

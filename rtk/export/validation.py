@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rtk.errors import RtkError
+from rtk.limits import TEST_IMAGES, check_count
 from rtk.log import Log
 from rtk.onnx_meta import load_onnx
 from rtk.preprocess import normalize_uint8_nhwc
@@ -125,8 +126,7 @@ def validation_inputs(data_dir: str | os.PathLike[str] | None, num_images: int, 
     """
     from rtk import data
 
-    if num_images < 1:
-        raise RtkError(f"--num-images must be at least 1, got {num_images}")
+    check_count("--num-images", num_images, TEST_IMAGES, "the test set")
     test_set = data.test_set_if_present(data_dir)
     if test_set is not None:
         images = test_set[0][:num_images]

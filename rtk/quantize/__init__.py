@@ -31,21 +31,24 @@ arithmetic, slower kernels), so its accuracy is known before any GPU sees it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rtk import data
 from rtk.errors import RtkError, require
-from rtk.fileio import atomic_path, sha256_file
+from rtk.fileio import atomic_path, check_output, sha256_file
+from rtk.limits import check_budget
 from rtk.log import Log, info
 from rtk.onnx_meta import load_onnx
 from rtk.quantize.calibration import (
     METHODS,
     calibration_for,
     calibration_manifest_path,
+    check_covers,
     quantization_module,
     quiet,
     read_manifest,
@@ -64,6 +67,7 @@ from rtk.quantize.tuning import TUNE_STEPS, add_bias_shifts, recipe, tuned_for
 from rtk.quantize.validation import AccuracyDropError, validate_into, validation_path
 
 __all__ = ["AccuracyDropError", "convert_fp16", "quantize_int8", "validation_path"]
+FILE_KEYS = ("model", "sha256")  # of a manifest's record of a written model: which file, not what is in it
 
 
 def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str], *, target: str,
@@ -90,19 +94,27 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
         raise RtkError(f"unknown INT8 target {target!r}; choose one of {', '.join(FLAVOURS)}")
     if method not in METHODS:
         raise RtkError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if max_validation_drop is not None:
+        check_budget(max_validation_drop)
+    if max_drop is not None:
+        check_budget(max_drop, "max_drop", gain_ok=True)
     quantization_module()
-    onnx_path, out = Path(onnx_path), Path(out)
+    onnx_path, out = Path(onnx_path), check_output(out)
+    check_output(validation_path(out))
     meta = fp32_metadata(onnx_path)
-    cifar = data.load_cifar10(data_dir)
     if ranges_from is None:
-        manifest_path = calibration_manifest_path(calib_dir, meta, method, num_images, seed, onnx_path)
+        manifest_path = check_output(calibration_manifest_path(calib_dir, meta, method, num_images, seed, onnx_path))
+        cifar = data.load_cifar10(data_dir)
         manifest = calibration_for(onnx_path, meta, cifar, manifest_path, method, num_images, seed, log)
     else:
         manifest_path = Path(ranges_from)
         manifest = read_manifest(manifest_path)
-        if manifest["model"]["depth"] != meta["depth"] or manifest["method"] != method:
-            raise RtkError(f"{manifest_path} holds {manifest['method']} ranges of a ResNet-{manifest['model']['depth']}, "
+        recorded = (manifest.get("method"), manifest["model"].get("depth"))
+        if recorded != (method, meta["depth"]):
+            raise RtkError(f"{manifest_path} holds {recorded[0]} ranges of a ResNet-{recorded[1]}, "
                            f"not {method} ranges of this ResNet-{meta['depth']}")
+        check_covers(manifest_path, manifest, onnx_path)
+        cifar = data.load_cifar10(data_dir)
         log(f"using the ranges in {manifest_path} ({method}), not calibrating")
     convs = list(conv_macs(onnx_path))
     unknown = sorted(set(exclude) - set(convs))
@@ -120,11 +132,13 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     if max_validation_drop is not None:
         from rtk.quantize import mixed_precision
 
-        selection = mixed_precision.choose_float_convs(
-            onnx_path, lambda path, convs: _write_int8(onnx_path, path, manifest, method, target, convs,
-                                                        calibration, None),
-            max_drop=max_validation_drop, data_dir=data_dir, log=log, keep_float=exclude)
+        with _naming(manifest_path):
+            selection = mixed_precision.choose_float_convs(
+                onnx_path, lambda path, convs: _write_int8(onnx_path, path, manifest, method, target, convs,
+                                                            calibration, None),
+                max_drop=max_validation_drop, data_dir=data_dir, log=log, keep_float=exclude)
         exclude = list(selection["float_convs"])
+        calibration["mixed_precision"] = selection  # the evidence of the choice travels with the model
     tuned = None
     if steps:
         tuned = tuned_for(onnx_path, manifest, cifar, meta["normalization"], recipe(steps, seed, exclude),
@@ -135,22 +149,34 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     log(f"quantizing {onnx_path} for {target} ({flavour.activation_type} activations, QInt8 weights "
         f"per channel, QDQ on {', '.join(flavour.op_types)}"
         f"{'; float: ' + ', '.join(exclude) if exclude else ''})")
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, _naming(manifest_path):
         model = _write_int8(onnx_path, tmp, manifest, method, target, exclude, calibration, tuned)
         validate_into(tmp, out, Path(reference or onnx_path), "int8", data_dir, verify, max_drop, log)
 
     if ranges_from is not None:
         return out  # the manifest describes the file it calibrated
+    # What the flavour's model is: its file and sha256, and what makes it (float Convs, tuning, scales). The
+    # same quantization in another file (another --out; a --max-drop that kept the Convs, whose evidence
+    # is in that file's own metadata) is not news: the record, and a manifest tracked in git, stay.
     record = {"model": out.name, "sha256": sha256_file(out), "float_convs": sorted(exclude),
               "int8_mac_share": int8_mac_share(onnx_path, exclude),
-              **({"mixed_precision": selection} if selection else {}),
               **({"tuned": {"steps": steps, "logit_mse": tuned["logit_mse"]}} if tuned else {}),
               "activations": activation_quantization(model)}
     recorded = manifest.setdefault("quantized", {}).get(target, {})
-    if {k: v for k, v in recorded.items() if k != "model"} != {k: v for k, v in record.items() if k != "model"}:
-        manifest["quantized"][target] = record  # the same model under another file name is not news
+    if {k: v for k, v in recorded.items() if k not in FILE_KEYS} != {k: v for k, v in record.items() if k not in FILE_KEYS}:
+        manifest["quantized"][target] = record
     write_manifest(manifest_path, manifest)
     return out
+
+
+@contextlib.contextmanager
+def _naming(manifest_path: Path) -> Iterator[None]:
+    """An accuracy the manifest's ranges could not reach names the manifest: every rerun reuses it."""
+    try:
+        yield
+    except AccuracyDropError as exc:
+        raise AccuracyDropError(f"{exc}; its ranges are those of calibration manifest {manifest_path}, which every "
+                                "rerun reuses: if it was edited, delete it to calibrate again", exc.figures) from exc
 
 
 def _write_int8(onnx_path: Path, out: Path, manifest: Mapping[str, Any], method: str, target: str,
@@ -191,7 +217,10 @@ def convert_fp16(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     for strongly typed FP16 TensorRT engines; validated on the test set like the INT8 models."""
     float16 = require("onnxruntime.transformers.float16")
     onnx = require("onnx")
-    onnx_path, out = Path(onnx_path), Path(out)
+    if max_drop is not None:
+        check_budget(max_drop, "max_drop", gain_ok=True)
+    onnx_path, out = Path(onnx_path), check_output(out)
+    check_output(validation_path(out))
     fp32_metadata(onnx_path)
     log(f"converting {onnx_path} to FP16 (inputs and outputs stay FP32)")
     model = float16.convert_float_to_float16(load_onnx(onnx_path), keep_io_types=True)

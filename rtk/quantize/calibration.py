@@ -31,6 +31,7 @@ from rtk.errors import RtkError, require
 from rtk.fileio import sha256_file, write_text_atomic
 from rtk.log import Log
 from rtk.names import CALIBRATION_METHODS, default_calib_dir
+from rtk.onnx_meta import load_onnx
 from rtk.preprocess import normalize_uint8_nhwc
 from rtk.quantize.metadata import fp32_metadata
 from rtk.quantize.qdq import CALIBRATED_OP_TYPES
@@ -197,8 +198,13 @@ def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar1
                            f"{manifest['data']['checksum'][:12]}, this copy {checksum[:12]}); "
                            f"delete it to recalibrate")
         indices = np.asarray(manifest["indices"], dtype=np.int64)
+        train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
+        if len(indices) != num_images or len(np.unique(indices)) != num_images or not np.isin(indices, train_idx).all():
+            raise RtkError(f"calibration manifest {path} lists other images than {num_images} distinct ones of the "
+                           f"training split; delete it to recalibrate")
         if (manifest["model"].get("onnx_sha256") == onnx_sha and manifest.get("ranges")
                 and _same_calibrator(manifest.get("calibrator"), _calibrator_record(method))):
+            check_covers(path, manifest, onnx_path)
             log(f"reusing the calibration in {path} ({method}, {len(indices)} images, seed {seed})")
             return manifest
         log(f"{path} was calibrated from another {onnx_path.name} or by another calibrator: "
@@ -244,9 +250,57 @@ def _same_calibrator(recorded: Any, current: dict[str, Any]) -> bool:
         {k: v for k, v in current.items() if k != "onnxruntime"}
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that names no key twice (json keeps the last of two ranges of one tensor, silently)."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"{twice[0]!r} is given {keys.count(twice[0])} times")
+    return dict(pairs)
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """Why `value` is not a usable calibrated range of tensor `name`: [low, high], finite in float32
+    (the scale onnxruntime derives is float32), low <= high, of non-zero width."""
+    if not isinstance(value, list) or len(value) != 2 or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return f"the range of {name} is {value!r}, not [low, high]"
+    low, high = (np.float32(v) for v in value)
+    with np.errstate(over="ignore"):
+        width = high - low
+    if not (np.isfinite(low) and np.isfinite(high) and np.isfinite(width)):
+        return f"the range of {name}, {value}, is not finite"
+    if not width > 0:
+        return f"the range of {name}, {value}, {'has low > high' if low > high else 'has no width'}"
+    return None
+
+
+def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """What in a manifest's ranges, tuned values, indices and records rtk could not use as read."""
+    problems = [problem for name, value in manifest["ranges"].items() if (problem := range_problem(name, value))]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in manifest["indices"]):
+        problems.append("indices must be image numbers (integers >= 0)")
+    tuned = manifest.get("tuned", {})
+    if not isinstance(tuned, dict) or not isinstance(manifest.get("quantized", {}), dict):
+        problems.append("tuned and quantized must be objects")
+    elif isinstance(tuned.get("tensorrt"), dict):
+        record = tuned["tensorrt"]
+        ranges, shifts = record.get("ranges"), record.get("bias_shifts")
+        if not isinstance(ranges, dict) or not isinstance(shifts, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, (int, float)) and np.isfinite(x) for x in v)
+                for v in shifts.values()):
+            problems.append("tuned.tensorrt needs ranges and bias_shifts (lists of finite numbers)")
+        else:
+            problems += [f"tuned: {problem}" for name, value in ranges.items()
+                         if (problem := range_problem(name, value))]
+    return problems
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at `path`, checked for what rtk reads from it: a damaged or hand-edited one is one
+    RtkError naming the file (it is reused by every later run until it is fixed or deleted)."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
     except (OSError, ValueError) as exc:
         raise RtkError(f"cannot read calibration manifest {path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -256,7 +310,26 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if broken or "checksum" not in manifest["data"]:
         raise RtkError(f"calibration manifest {path} is incomplete ({', '.join(broken) or 'data.checksum'} "
                        "missing or malformed); delete it to recalibrate")
+    problems = _manifest_problems(manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RtkError(f"calibration manifest {path} cannot be used: {problems[0]}{more}; fix it, or delete it "
+                       "to recalibrate")
     return manifest
+
+
+def check_covers(path: Path, manifest: Mapping[str, Any], onnx_path: Path) -> None:
+    """RtkError naming the manifest at `path` unless its ranges are exactly one per tensor the
+    calibrator measures in the FP32 model at `onnx_path` (quantize_static needs every one)."""
+    graph = load_onnx(onnx_path, load_weights=False).graph
+    weights = {init.name for init in graph.initializer}
+    wanted = {name for node in graph.node if node.op_type in CALIBRATED_OP_TYPES
+              for name in (*node.input, *node.output) if name and name not in weights}
+    missing, extra = sorted(wanted - set(manifest["ranges"])), sorted(set(manifest["ranges"]) - wanted)
+    if missing or extra:
+        what = f"no range for {missing[0]}" if missing else f"a range for {extra[0]}, which it does not calibrate"
+        raise RtkError(f"calibration manifest {path} does not fit {onnx_path.name}: it has {what} "
+                       f"({len(missing)} missing, {len(extra)} extra); delete it to recalibrate")
 
 
 # The order a reviewer reads a manifest in; the long list of image indices goes last.

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 
 from rtk import data
-from rtk.errors import RtkError
 from rtk.log import Log, info
 from rtk.quantize.calibration import SPLIT
 from rtk.quantize.metadata import fp32_metadata
 from rtk.quantize.qdq import conv_macs, int8_mac_share
-from rtk.quantize.validation import logits
+from rtk.quantize.validation import AccuracyDropError, logits
 from rtk.stats import kl_divergence, paired
 
 SELECTION_FORMAT = "rtk.mixed_precision/1"
@@ -88,8 +87,8 @@ def choose_float_convs(onnx_path: str | os.PathLike[str], quantize_to: Callable[
                 if -steps[-1]["validation"]["delta_pct"] <= max_drop:
                     break
             else:
-                raise RtkError(f"no mix of INT8 and float Convs loses at most {max_drop} points on the "
-                               f"validation split")
+                raise AccuracyDropError(f"no mix of INT8 and float Convs loses at most {max_drop} points on the "
+                                        f"validation split")
     chosen = steps[-1]
     return {"format": SELECTION_FORMAT, "max_drop_pct": max_drop, "split": dict(SPLIT),
             "validation_images": len(images), "sensitivity_images": probe.stop,

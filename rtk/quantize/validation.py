@@ -30,10 +30,11 @@ EVAL_BATCH = 1000  # test images per onnxruntime call during validation
 
 
 class AccuracyDropError(RtkError):
-    """A model lost more test accuracy against FP32 than allowed, so it was not written; `figures`
-    holds its validation figures."""
+    """A model lost more accuracy against FP32 than allowed (on the test set, or on the validation
+    split whatever Convs --max-drop left float), so it was not written; `figures` holds its test-set
+    validation figures, where there are some."""
 
-    def __init__(self, message: str, figures: dict[str, Any]):
+    def __init__(self, message: str, figures: dict[str, Any] | None = None):
         super().__init__(message)
         self.figures = figures
 

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from rtk.errors import MissingDependency, RtkError
+from rtk.limits import check_threads
 from rtk.names import BACKENDS
 from rtk.runtime.base import DEVICES, Runner
 from rtk.runtime.model import Model, Prediction
@@ -66,9 +67,10 @@ def make_runner(path: str | os.PathLike[str], backend: str = "auto", precision: 
     if backend not in BACKENDS:
         raise RtkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not path.is_file():
-        raise RtkError(f"model file not found: {path}")
+        raise RtkError(f"{path} is not a regular file" if path.exists() else f"model file not found: {path}")
     if device not in DEVICES:
         raise RtkError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    check_threads(threads)
     natural = BACKEND_FOR_SUFFIX.get(path.suffix)
     if path.suffix in ENGINE_SUFFIXES:
         from rtk.engine_meta import read_sidecar

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rtk.errors import RtkError
+from rtk.limits import check_batch
 from rtk.preprocess import IMAGE_SHAPE, normalization_from_metadata, normalize_uint8_nhwc
 from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, Runner
 
@@ -185,6 +186,8 @@ class Model:
         its own size, padded.
         """
         self.runner.require_active()
+        for size in batch_sizes:
+            check_batch(size, "every batch size")
         float_input = np.asarray(images).dtype == np.float32
         x = network_input(images, self.normalization)
         if float_input and not self._warned_unnormalized and looks_unnormalized(x):

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from rtk import checkpoint
 from rtk.errors import RtkError
+from rtk.fileio import check_output
 from rtk.log import info
 from rtk.signals import deferred_stop
 from rtk.train.config import TrainConfig, lr_at, recipe_defaults, resume_conflicts, resumed_config
@@ -113,10 +114,15 @@ def _diverged(step: int, cfg: TrainConfig, ckpt_path: Path) -> RtkError:
 
 def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool, overwrite: bool) -> Path:
     out_dir = Path(cfg.out_dir or f"runs/resnet{cfg.depth}")
-    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt_path, metrics_path, curves_path = (out_dir / name for name in ("checkpoint.pt", "metrics.jsonl", "curves.png"))
+    for path in (ckpt_path, metrics_path, curves_path):
+        check_output(path)  # metrics.jsonl is appended to: a FIFO there would block the run at its first epoch
     trainer = Trainer(cfg, dist_info)
     resumed_from, epoch_sums = _start(cfg, ckpt_path, trainer, resume, overwrite)
     trainer.load_data()
+    if cfg.batch_size > len(trainer.train_y):  # no step could take a whole batch
+        raise RtkError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(trainer.train_y):,} "
+                       f"images with --val-size {cfg.val_size}): choose a smaller batch")
     total = trainer.total_steps()
     if trainer.step >= total:
         raise RtkError(f"{ckpt_path} already finished its {total} steps; nothing to resume")
@@ -140,7 +146,7 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool,
                  f"{total} steps of batch {cfg.batch_size} = {total / trainer.steps_per_epoch:.1f} epochs "
                  f"of {len(trainer.train_y)} images, {cfg.schedule} schedule, lr {cfg.lr}"
                  + (f", resuming at step {trainer.step}" if resumed_from is not None else ""))
-        log = MetricsLog(out_dir / "metrics.jsonl", resumed_from) if dist_info.is_main else None
+        log = MetricsLog(metrics_path, resumed_from) if dist_info.is_main else None
         epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step
         started = time.perf_counter()
         val_acc = float("nan")
@@ -210,6 +216,6 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool,
         save(metrics)
         if dist_info.is_main and log is not None:
             log.append({"final": True, **{k: v for k, v in metrics.items() if k != "param_checksums"}})
-            plot_curves(log.records(), out_dir / "curves.png", cfg.depth)
+            plot_curves(log.records(), curves_path, cfg.depth)
             info(f"final model: validation {val_acc:.2f}%, test {test_acc:.2f}% -> {ckpt_path}")
     return ckpt_path
