@@ -192,6 +192,42 @@ def accuracy_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return ACCURACY_HEADER + (REFERENCE_HEADER if with_reference else []), lines
 
 
+# Half and INT8 precision exist to be faster; a row that is slower than the same runner in a wider
+# precision is said in words, not left to a reader of the tables. The cause, where rtk knows it:
+PRECISION_WIDTH = {"fp32": 2, "fp16": 1, "bf16": 1, "int8": 0}
+SLOWER_BECAUSE = {
+    ("onnxruntime", "cuda", "int8"): "onnxruntime's CUDA provider has no INT8 convolution kernels (onnxruntime runs "
+    "INT8 on NVIDIA GPUs through its TensorRT provider), so the QDQ file's convolutions run in float with its "
+    "quantize and dequantize steps added; INT8 speed on a GPU comes from a TensorRT engine (rtk build)",
+}
+
+
+def slower_in_lower_precision(result: dict[str, Any]) -> list[str]:
+    """One sentence per pair of rows of one runner (same backend, device and name but for the precision)
+    where the narrower precision has the lower throughput, at the batch sizes where it does."""
+    kind, sentences = primary_kind(result), []
+    for low in result["rows"]:
+        for high in result["rows"]:
+            same_runner = (low["backend"], low["device"]) == (high["backend"], high["device"]) and \
+                low["name"].replace(low["precision"], "") == high["name"].replace(high["precision"], "")
+            if not same_runner or PRECISION_WIDTH[low["precision"]] >= PRECISION_WIDTH[high["precision"]]:
+                continue
+            slower = [(batch, a["throughput"], b["throughput"]) for batch in result["batch_sizes"]
+                      if (a := _stats(low, kind, batch)) and (b := _stats(high, kind, batch))
+                      and a["throughput"] < b["throughput"]]
+            if not slower:
+                continue
+            measured = [batch for batch in result["batch_sizes"] if _stats(low, kind, batch) and _stats(high, kind, batch)]
+            where = "at every batch size measured" if len(slower) == len(measured) else "at batch " + ", ".join(
+                str(batch) for batch, _, _ in slower)
+            figures = "; ".join(f"batch {batch}: {a:,.0f} vs {b:,.0f} img/s ({a / b:.2f}x)" for batch, a, b in slower)
+            because = SLOWER_BECAUSE.get((low["backend"], low["device"], low["precision"]))
+            sentences.append(f"{low['name']} is slower than {high['name']} {where} ({KIND_TITLES[kind]}; {figures}): "
+                             f"{low['precision'].upper()} buys no speed over {high['precision'].upper()} here"
+                             + (f". Why: {because}." if because else "."))
+    return sentences
+
+
 def target_table_rows(targets: list[dict[str, Any]]) -> list[list[str]]:
     return [[t["target"], t.get("for", "-"), t["required"], _fmt(t["value"], ".3g"),
              "met" if t["met"] else t.get("status", "missed").upper(), t["detail"]] for t in targets]
@@ -252,6 +288,9 @@ def markdown(result: dict[str, Any]) -> str:
     targets = targets_of(result)
     if targets:
         parts += ["", "## Targets", "", _markdown_table(TARGET_HEADER, target_table_rows(targets))]
+    slower = slower_in_lower_precision(result)
+    if slower:
+        parts += ["", "## Slower in a lower precision", "", *(f"- {sentence}" for sentence in slower)]
     if result["notes"]:
         parts += ["", "## Notes", "", *(f"- {note}" for note in result["notes"])]
     return "\n".join(parts) + "\n"
@@ -261,6 +300,7 @@ def print_tables(result: dict[str, Any], console: Any = None) -> None:
     """The latency, accuracy and target tables on the terminal (stdout unless `console` says else)."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     if console is None:  # numbers must not be cut: wider than a narrow terminal rather than truncated
@@ -290,6 +330,8 @@ def print_tables(result: dict[str, Any], console: Any = None) -> None:
     if targets:
         console.print(table("Targets", TARGET_HEADER[:-1],
                             [line[:-1] for line in target_table_rows(targets)], 2, wrap=("for",)))
+    for sentence in slower_in_lower_precision(result):
+        console.print(f"[bold]slower:[/bold] {escape(sentence)}", highlight=False)
     for note in result["notes"]:
         console.print(f"note: {note}")
 

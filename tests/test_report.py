@@ -193,3 +193,42 @@ def test_markdown_names_the_calibration_of_each_int8_artifact():
     artifact = res["rows"][2]["artifact"]
     assert f"- INT8 calibration of {artifact}: entropy, 1024 images, seed 3" in md
     assert md.count("- INT8 calibration of") == 1 + (res["rows"][3]["artifact"] != artifact)
+
+
+def ort_cuda_result(int8_ms: dict[int, float]) -> dict:
+    """onnxruntime CUDA rows beside torch's; compute-only latencies (ms) at batch 1, 256 and 4096."""
+    return result([
+        row("torch eager fp32", "torch", "fp32", {1: 1.0, 256: 4.0, 4096: 16.0}, device="cuda", baseline=True),
+        row("torch cuda-graph fp32", "torch", "fp32", {1: 0.1, 256: 3.0, 4096: 15.0}, device="cuda"),
+        row("torch eager bf16 channels_last", "torch", "bf16", {1: 0.9, 256: 3.5, 4096: 15.5}, device="cuda"),
+        row("onnxruntime cuda fp32", "onnxruntime", "fp32", {1: 0.5, 256: 4.0, 4096: 16.0}, device="cuda"),
+        row("onnxruntime cuda fp16", "onnxruntime", "fp16", {1: 0.5, 256: 2.0, 4096: 8.0}, device="cuda"),
+        row("onnxruntime cuda int8", "onnxruntime", "int8", int8_ms, device="cuda"),
+    ], device="cuda")
+
+
+def test_int8_slower_than_fp16_is_said_in_words(tmp_path, capsys):
+    from rich.console import Console
+
+    res = ort_cuda_result({1: 0.4, 256: 3.0, 4096: 12.0})  # faster than FP16 at batch 1 only
+    (sentence,) = report.slower_in_lower_precision(res)
+    assert sentence.startswith("onnxruntime cuda int8 is slower than onnxruntime cuda fp16 at batch 256, 4096 "
+                               "(compute only (CUDA events); batch 256: 85,333 vs 128,000 img/s (0.67x); "
+                               "batch 4096: 341,333 vs 512,000 img/s (0.67x)): INT8 buys no speed over FP16 here")
+    assert "no INT8 convolution kernels" in sentence  # the known cause of onnxruntime's CUDA provider
+    md = report.write_reports(res, tmp_path)["bench.md"].read_text()
+    assert f"## Slower in a lower precision\n\n- {sentence}\n" in md
+    report.print_tables(res, Console(width=1000, force_terminal=False))
+    assert f"slower: {sentence}" in capsys.readouterr().out
+    # slower than FP32 as well at every batch size: a second sentence says that too
+    everywhere = report.slower_in_lower_precision(ort_cuda_result({1: 0.6, 256: 5.0, 4096: 20.0}))
+    assert [s.split(" (")[0] for s in everywhere] == [
+        "onnxruntime cuda int8 is slower than onnxruntime cuda fp32 at every batch size measured",
+        "onnxruntime cuda int8 is slower than onnxruntime cuda fp16 at every batch size measured"]
+
+
+def test_faster_lower_precisions_and_other_runners_are_not_flagged():
+    # torch bf16 eager is slower than torch's FP32 CUDA graph, but that is another way of running, not precision
+    assert report.slower_in_lower_precision(ort_cuda_result({1: 0.3, 256: 1.5, 4096: 6.0})) == []
+    assert report.slower_in_lower_precision(cpu_result()) == []
+    assert "Slower in a lower precision" not in report.markdown(cpu_result())
