@@ -37,6 +37,20 @@ def test_lr_schedules():
     assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 20 and lrs[-1] < 0.01
 
 
+def test_depth_110_holds_a_tenth_of_the_lr_for_the_papers_51200_images_in_every_recipe():
+    fast = train_stage.recipe_defaults("fast")
+    steps = 8700  # 100 epochs of batch 512
+    deep = train_stage.TrainConfig(depth=110, **fast)
+    shallow = train_stage.TrainConfig(depth=56, **fast)
+    assert [train_stage.lr_at(s, steps, deep) for s in (0, 99)] == [0.04, 0.04]  # 100 steps x 512 = 400 x 128
+    assert train_stage.lr_at(100, steps, deep) == train_stage.lr_at(100, steps, shallow) > 0.06
+    assert train_stage.lr_at(50, steps, shallow) > 0.05  # shallower nets go on rising from the first step
+    cosine = train_stage.TrainConfig(depth=1202, schedule="cosine", lr=0.2, batch_size=256)
+    assert train_stage.lr_at(199, 1000, cosine) == pytest.approx(0.02) and train_stage.lr_at(200, 1000, cosine) > 0.18
+    with pytest.raises(RtkError, match="unknown schedule"):
+        train_stage.lr_at(0, 100, train_stage.TrainConfig(depth=110, schedule="linear"))
+
+
 def test_run_writes_a_self_describing_checkpoint_log_and_plot(tiny_cifar, tmp_path):
     path = train_stage.train(_cfg(tmp_path), show_progress=False)
     model, ckpt = checkpoint.load(path)
