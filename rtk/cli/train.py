@@ -45,7 +45,8 @@ from rtk.cli.options import BATCH, Finite, OutputPath, data_dir_option, depth_op
 @click.option("--compile", "compile_mode", default="off",
               type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
               help="torch.compile the model for training steps (CUDA: reduce-overhead adds CUDA graphs; "
-                   "faster steps, costs a minute of compile time).")
+                   "faster steps; the compile runs before the timed run, logged and kept apart as "
+                   "compile_seconds in the metrics).")
 @click.option("--out-dir", type=OutputPath(file_okay=False), default=None,
               help="Run folder [RUNS_DIR/resnet<depth>].")
 @click.option("--resume", is_flag=True,

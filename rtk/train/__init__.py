@@ -147,6 +147,11 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool,
                  f"of {len(trainer.train_y)} images, {cfg.schedule} schedule, lr {cfg.lr}"
                  + (f", resuming at step {trainer.step}" if resumed_from is not None else ""))
         log = MetricsLog(metrics_path, resumed_from) if dist_info.is_main else None
+        # Compiled: the compile time is paid (and said) here, so the run's own time is the steps alone.
+        compile_seconds = trainer.warm_up() if cfg.compile != "off" else None
+        if compile_seconds is not None and dist_info.is_main:
+            info(f"compiled the training step (--compile {cfg.compile}) in {compile_seconds:.1f} s, "
+                 "before the timed run")
         epoch_start_time, epoch_start_step = time.perf_counter(), trainer.step
         started = time.perf_counter()
         val_acc = float("nan")
@@ -210,6 +215,7 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool,
         metrics = {
             "val_acc": val_acc, "test_acc": test_acc, "test_loss": test_loss, "step": trainer.step,
             "epochs": trainer.step / trainer.steps_per_epoch, "train_seconds": time.perf_counter() - started,
+            "compile_seconds": compile_seconds,
             "processes": dist_info.world, "device": str(trainer.device),
             "param_checksums": checksums, "data_sha256": trainer.data_checksum,
         }
@@ -217,5 +223,7 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool,
         if dist_info.is_main and log is not None:
             log.append({"final": True, **{k: v for k, v in metrics.items() if k != "param_checksums"}})
             plot_curves(log.records(), curves_path, cfg.depth)
-            info(f"final model: validation {val_acc:.2f}%, test {test_acc:.2f}% -> {ckpt_path}")
+            info(f"final model: validation {val_acc:.2f}%, test {test_acc:.2f}% -> {ckpt_path} "
+                 f"({metrics['train_seconds']:.1f} s of training"
+                 + (f", {compile_seconds:.1f} s of compiling before it)" if compile_seconds is not None else ")"))
     return ckpt_path
