@@ -17,7 +17,7 @@ from conftest import write_fake_engine
 import rtk.runtime
 from rtk.errors import MissingDependency, RtkError
 from rtk.preprocess import CLASSES, normalization_metadata, normalize_uint8_nhwc
-from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, Runner
+from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, Runner, device_work_input
 from rtk.runtime.model import Model, network_input, softmax
 
 NORMALIZATION = normalization_metadata()
@@ -845,7 +845,8 @@ def test_cuda_session_binds_io_on_the_compute_stream(artifacts, ort_listing_cuda
         work = model.runner.device_work(4)
         assert work is not None and work.stream == 1234 and devices == ["cuda", "cuda"]
         work.enqueue()
-        (logits,) = bindings[0].copy_outputs_to_cpu()  # the bound output: a zero batch of 4
-        zeros = np.zeros((4, 3, 32, 32), np.float32)
-        np.testing.assert_allclose(logits, cpu.runner.infer({INPUT_NAME: zeros})[OUTPUT_NAME], rtol=1e-6)
+        (logits,) = bindings[0].copy_outputs_to_cpu()  # the bound output: device_work_input's batch of 4
+        batch = device_work_input(4)
+        assert batch.std() == pytest.approx(1, abs=0.05) and np.array_equal(batch, device_work_input(4))
+        np.testing.assert_allclose(logits, cpu.runner.infer({INPUT_NAME: batch})[OUTPUT_NAME], rtol=1e-5)
     assert rtk.runtime.load(artifacts["fp32"], backend="onnxruntime").runner.device_work(4) is None  # CPU

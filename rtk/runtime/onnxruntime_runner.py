@@ -27,7 +27,7 @@ import numpy as np
 from rtk.errors import MissingDependency, RtkError, require
 from rtk.names import with_article
 from rtk.onnx_meta import decode_metadata
-from rtk.runtime.base import DEVICES, INPUT_NAME, OUTPUT_NAME, DeviceWork, Runner
+from rtk.runtime.base import DEVICES, INPUT_NAME, OUTPUT_NAME, DeviceWork, Runner, device_work_input
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -127,13 +127,13 @@ class OnnxRuntimeRunner(Runner):
         return dict(zip(names, self._session.run(names, {INPUT_NAME: feed[INPUT_NAME]})))
 
     def device_work(self, batch_size: int) -> DeviceWork | None:
-        """One run on a zero batch bound on the GPU (io-binding), on `compute_stream`; None on the CPU
-        or without a compute stream (the events that time the work need the stream it runs on)."""
+        """One run on device_work_input bound on the GPU (io-binding), on `compute_stream`; None on the
+        CPU or without a compute stream (the events that time the work need the stream it runs on)."""
         if self._device != "cuda" or self.compute_stream is None:
             return None
         ort = require("onnxruntime", "gpu-cu13")
         binding = self._session.io_binding()
-        x = ort.OrtValue.ortvalue_from_numpy(np.zeros((batch_size, 3, 32, 32), np.float32), "cuda", self.device_id)
+        x = ort.OrtValue.ortvalue_from_numpy(device_work_input(batch_size), "cuda", self.device_id)
         binding.bind_ortvalue_input(INPUT_NAME, x)  # the binding keeps x's device memory alive
         binding.bind_output(OUTPUT_NAME, "cuda", self.device_id)  # logits [batch, classes] stay on the GPU
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rtk.errors import MissingDependency, RtkError, require
-from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, DeviceWork, Runner
+from rtk.runtime.base import INPUT_NAME, OUTPUT_NAME, DeviceWork, Runner, device_work_input
 
 MODES = ("eager", "cuda_graph", "compile")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -115,10 +115,11 @@ class TorchRunner(Runner):
             return None
         torch = self._torch
         stream = torch.cuda.current_stream().cuda_stream
+        x = torch.from_numpy(device_work_input(batch_size)).to(self._device, self._dtype)
         if self.mode == "cuda_graph":
-            graph = self._graph(batch_size)[0]
+            graph, static_in, _ = self._graph(batch_size)
+            static_in.copy_(x)
             return DeviceWork(enqueue=graph.replay, stream=stream)
-        x = torch.zeros((batch_size, 3, 32, 32), device=self._device, dtype=self._dtype)
         x = x.contiguous(memory_format=self._memory_format)
 
         def enqueue() -> None:
