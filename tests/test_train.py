@@ -89,17 +89,21 @@ def test_warm_up_leaves_weights_buffers_and_optimizer_state_as_they_were(tiny_ci
     assert torch.equal(rng, torch.get_rng_state()) and all(p.grad is None for p in trainer.model.parameters())
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("device", [
+    # Slow: inductor compiles the step for 45 s on the quiet 2-core CPU, over 3 minutes when it is shared.
+    pytest.param("cpu", marks=pytest.mark.slow),
+    # On CUDA the CUDA graphs replay on the weights the warm-up put back in place (scripts/gpu_session.sh part tests)
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                    reason="needs a CUDA GPU")])])
 def test_compiled_training_follows_the_eager_loss_curve_and_states_its_compile_time(tiny_cifar, tmp_path,
-                                                                                      monkeypatch):
-    """--compile reduce-overhead on the CPU (inductor's C++ kernels; the CUDA graphs are CUDA's): the same loss
-    curve as eager within float noise, with the compile paid before the timed run and recorded apart.
-    Slow: inductor compiles the step for 45 s on the quiet 2-core CPU, over 3 minutes when it is shared."""
+                                                                                      monkeypatch, device):
+    """--compile reduce-overhead (on the CPU inductor's C++ kernels, on CUDA its kernels in CUDA graphs): the same
+    loss curve as eager within float noise, with the compile paid before the timed run and recorded apart."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold compile, kept in tmp
     runs = {}
-    for mode in ("off", "reduce-overhead"):
-        train_stage.train(_cfg(tmp_path, compile=mode, iterations=30, out_dir=str(tmp_path / mode)),
-                          show_progress=False)
+    for mode in ("off", "reduce-overhead"):  # fp32 on both: bf16 autocast would make the noise its own
+        train_stage.train(_cfg(tmp_path, compile=mode, iterations=30, out_dir=str(tmp_path / mode), device=device,
+                               precision="fp32"), show_progress=False)
         runs[mode] = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
     eager, compiled = runs["off"], runs["reduce-overhead"]
     assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [15, 30, 30]
