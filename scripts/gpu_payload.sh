@@ -3,7 +3,7 @@
 # parts, since the device tool moves at most 64 MiB a call, the working tree that travels with it included.
 #
 # Here, once (DIR: a folder .gitignore ignores, such as .payload; nothing of it goes into git):
-#   scripts/gpu_payload.sh prepare DIR    gathers in DIR.src, then packs as below:
+#   scripts/gpu_payload.sh prepare DIR    gathers in DIR.src, then packs as below (INCLUDE=data: the first alone):
 #       cifar-10-batches-py/   the CIFAR-10 batches of RTK_DATA_DIR (links; tar copies the files)
 #       wheels/                onnxruntime-gpu 1.31.1 for the device's Python 3.12 (pip download, PyPI's sha256)
 #       runs/resnet<D>/        for part `ort`, D in ORT_DEPTHS (default "20 56"): the checkpoint
@@ -60,8 +60,10 @@ pack() {  # pack DIR SRC
 prepare() {  # prepare DIR
   local dir=$1 src=$1.src d ckpt var
   : "${RTK_DATA_DIR:?set RTK_DATA_DIR to the CIFAR-10 folder}"
-  rm -rf "$src" && mkdir -p "$src/wheels" "$src/runs"
+  rm -rf "$src" && mkdir -p "$src"
   ln -s "$(cd "$RTK_DATA_DIR" && pwd)" "$src/cifar-10-batches-py"
+  if [ "${INCLUDE:-data ort}" = data ]; then pack "$dir" "$src"; return; fi
+  mkdir -p "$src/wheels" "$src/runs"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 -d "$src/wheels" "onnxruntime-gpu==$ORT_VERSION"
   [ "$(sha256sum "$src/wheels/$ORT_WHEEL" | cut -d' ' -f1)" = "$ORT_SHA256" ] || die "$ORT_WHEEL: sha256 differs from PyPI's"
