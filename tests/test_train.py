@@ -108,7 +108,7 @@ def test_compiled_training_follows_the_eager_loss_curve_and_states_its_compile_t
     eager, compiled = runs["off"], runs["reduce-overhead"]
     assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [15, 30, 30]
     for e, c in zip(eager[:-1], compiled[:-1]):
-        # Inductor's sums in another order; measured: train loss within 2e-4, validation loss (BN running
+        # Inductor's sums in another order; measured: train loss within 3e-4, validation loss (BN running
         # statistics, eval mode) within 0.9% after 15 and 30 steps
         assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-3)
         assert c["val_loss"] == pytest.approx(e["val_loss"], rel=2e-2)
