@@ -51,12 +51,12 @@ def session(out: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def split_payload(tmp_path: Path) -> tuple[Path, list[Path]]:
-    """A payload of the dummy wheel and a 5 kB file, packed in parts of 2 KiB: (the source, the part folders)."""
+    """A payload of the dummy wheel and 5 kB of random bytes in parts of 2 KiB: (the source, the part folders)."""
     src = tmp_path / "src"
     (src / "wheels").mkdir(parents=True)
     make_wheel(src / "wheels")
-    (src / "runs" / "resnet20").mkdir(parents=True)
-    (src / "runs" / "resnet20" / "model.onnx").write_bytes(os.urandom(5000))
+    (src / "extra").mkdir()
+    (src / "extra" / "blob.bin").write_bytes(os.urandom(5000))
     parts = tmp_path / ".payload"
     packed = payload_script("pack", parts, src, PART_SIZE="2K")
     assert packed.returncode == 0, packed.stderr
