@@ -67,7 +67,8 @@ prepare() {  # prepare DIR
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 -d "$src/wheels" "onnxruntime-gpu==$ORT_VERSION"
   [ "$(sha256sum "$src/wheels/$ORT_WHEEL" | cut -d' ' -f1)" = "$ORT_SHA256" ] || die "$ORT_WHEEL: sha256 differs from PyPI's"
-  cp -r calib "$src/calib"  # the shipped manifests are reused; new ones stay out of the checkout
+  mkdir -p "$src/calib"  # new manifests stay out of the checkout (the tree that travels); shipped ones are reused
+  if [ -d calib ]; then cp -r calib/. "$src/calib/"; fi
   for d in ${ORT_DEPTHS:-20 56}; do
     var=CHECKPOINT_$d ckpt=${!var:-rtk/weights/resnet$d.pt}
     [ -f "$ckpt" ] || die "no ResNet-$d checkpoint at $ckpt: set $var"
