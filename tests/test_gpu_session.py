@@ -137,7 +137,7 @@ def test_work_waits_for_every_payload_part(tmp_path):
 @pytest.mark.slow
 def test_gpu_session_smoke_runs_every_part_on_the_cpu(tmp_path, cifar_dir):
     """SMOKE=1 scripts/gpu_session.sh: every part at tiny sizes on the CPU, the payload carried in two calls
-    (13 minutes on the shared 2-core CPU)."""
+    (5 minutes on the shared 2-core CPU)."""
     _, folders = split_payload(tmp_path)
     calls = [tmp_path / "call1", tmp_path / "call2"]
     for call, carried in zip(calls, (folders[:-1], folders[-1:])):
