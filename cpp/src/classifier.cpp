@@ -32,23 +32,43 @@ std::string one_line(const std::string& text) {
 
 namespace {
 
-std::unique_ptr<detail::Backend> open_backend(const std::string& path, const Options& options) {
-  std::string suffix = std::filesystem::path(path).extension().string();
-  if (suffix == ".onnx") {
+using Opener = std::unique_ptr<detail::Backend> (*)(const std::string&, const Options&);
+
+// The backends of this build (CMakeLists.txt defines RTK_HAVE_<BACKEND> for each one it compiles).
 #ifdef RTK_HAVE_OPENVINO
-    return detail::open_openvino(path, options);
+constexpr Opener kOpenVino = detail::open_openvino;
 #else
-    throw Error(path + " is an ONNX file, which rtk runs with OpenVINO, but this build of rtk_infer has no OpenVINO "
-                "backend: configure cpp/ with -DOpenVINO_DIR=<site-packages>/openvino/cmake (docs/cpp.md)");
+constexpr Opener kOpenVino = nullptr;
 #endif
-  }
-  if (suffix == ".plan" || suffix == ".engine") {
 #ifdef RTK_HAVE_TENSORRT
-    return detail::open_tensorrt(path, options);
+constexpr Opener kTensorRT = detail::open_tensorrt;
 #else
-    throw Error(path + " is a TensorRT engine, but this build of rtk_infer has no TensorRT backend (TensorRT was not "
-                "found when cpp/ was configured; docs/cpp.md)");
+constexpr Opener kTensorRT = nullptr;
 #endif
+
+struct FileKind {
+  std::vector<std::string> suffixes;
+  const char* what;     // "an ONNX file, which rtk runs with OpenVINO"
+  const char* backend;  // "OpenVINO"
+  Opener open;          // null where this build lacks the backend
+  const char* remedy;   // how to build it in
+};
+
+std::unique_ptr<detail::Backend> open_backend(const std::string& path, const Options& options) {
+  static const FileKind kinds[] = {
+      {{".onnx"}, "an ONNX file, which rtk runs with OpenVINO", "OpenVINO", kOpenVino,
+       "configure cpp/ with -DOpenVINO_DIR=<site-packages>/openvino/cmake (docs/cpp.md)"},
+      {{".plan", ".engine"}, "a TensorRT engine", "TensorRT", kTensorRT,
+       "TensorRT was not found when cpp/ was configured (docs/cpp.md)"},
+  };
+  const std::string suffix = std::filesystem::path(path).extension().string();
+  for (const FileKind& kind : kinds) {
+    if (std::find(kind.suffixes.begin(), kind.suffixes.end(), suffix) == kind.suffixes.end()) continue;
+    if (kind.open == nullptr) {
+      throw Error(path + " is " + kind.what + ", but this build of rtk_infer has no " + kind.backend + " backend: " +
+                  kind.remedy);
+    }
+    return kind.open(path, options);
   }
   throw Error(path + ": unknown model file type (expected .onnx, .plan or .engine)");
 }
