@@ -31,8 +31,4 @@ class Backend {
 std::unique_ptr<Backend> open_openvino(const std::string& path, const Options& options);
 std::unique_ptr<Backend> open_tensorrt(const std::string& path, const Options& options);
 
-// A library's multi-line message (OpenVINO puts source locations first) as one line of at most
-// 400 characters, as rtk.runtime reports a backend's failure.
-std::string one_line(const std::string& text);
-
 }  // namespace rtk::detail

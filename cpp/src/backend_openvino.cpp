@@ -6,6 +6,7 @@
 #include <openvino/runtime/core.hpp>
 
 #include <cstring>
+#include <sstream>
 
 #include "backend.h"
 #include "rtk/error.h"
@@ -15,6 +16,19 @@
 namespace rtk::detail {
 
 namespace {
+
+// OpenVINO's multi-line message (source locations first) as one line of at most 400 characters,
+// as rtk.runtime reports a backend's failure.
+std::string one_line(const std::string& text) {
+  std::istringstream lines(text);
+  std::string line, joined;
+  while (std::getline(lines, line)) {
+    line.erase(0, line.find_first_not_of(" \t\r"));
+    line.erase(line.find_last_not_of(" \t\r") + 1);
+    if (!line.empty()) joined += (joined.empty() ? "" : " ") + line;
+  }
+  return joined.size() > 400 ? joined.substr(0, 400) + "..." : joined;
+}
 
 // metadata_props of the ONNX file, as the ONNX frontend stored them (every value a string).
 std::map<std::string, std::string> framework_metadata(const ov::Model& model) {

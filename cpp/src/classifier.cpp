@@ -7,28 +7,12 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <sstream>
 
 #include "backend.h"
 #include "rtk/error.h"
 #include "rtk/preprocess.h"
 
 namespace rtk {
-
-namespace detail {
-
-std::string one_line(const std::string& text) {
-  std::istringstream lines(text);
-  std::string line, joined;
-  while (std::getline(lines, line)) {
-    line.erase(0, line.find_first_not_of(" \t\r"));
-    line.erase(line.find_last_not_of(" \t\r") + 1);
-    if (!line.empty()) joined += (joined.empty() ? "" : " ") + line;
-  }
-  return joined.size() > 400 ? joined.substr(0, 400) + "..." : joined;
-}
-
-}  // namespace detail
 
 namespace {
 
