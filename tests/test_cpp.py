@@ -397,7 +397,8 @@ def shipped_models(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) ->
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_classify_predicts_as_rtk_runtime_on_the_whole_test_set(cpp_build: CppBuild, shipped_models: dict,
-                                                                 cifar10, precision: str):
+                                                                 cifar10, capsys: pytest.CaptureFixture,
+                                                                 precision: str):
     compare = import_script("compare_cpp_top5")
     model = shipped_models[precision]
     cpp_top, cpp_probs = compare.classify_tsv(cpp_build.tool("classify"), model, shipped_models["test_set"], THREADS)
@@ -405,7 +406,10 @@ def test_classify_predicts_as_rtk_runtime_on_the_whole_test_set(cpp_build: CppBu
     labels = cifar10.test_labels
     assert len(cpp_top) == len(labels) == 10_000
     cpp_accuracy, py_accuracy = np.mean(cpp_top[:, 0] == labels), np.mean(py_probs.argmax(axis=1) == labels)
-    print(f"{model.name}: top-1 accuracy C++ {cpp_accuracy:.2%}, rtk.runtime {py_accuracy:.2%}")
+    equal = int(np.sum(cpp_top[:, 0] == py_probs.argmax(axis=1)))
+    with capsys.disabled():  # in the test log, passed or not
+        print(f"\n{model.name}: top-1 accuracy C++ {cpp_accuracy:.2%}, rtk.runtime (OpenVINO) {py_accuracy:.2%}; "
+              f"{equal:,} of {len(labels):,} predictions equal")
     assert np.array_equal(cpp_top[:, 0], py_probs.argmax(axis=1))  # every prediction
     figures = compare.compare(cpp_top, cpp_probs, py_probs, tie=1e-4, atol=1e-5)
     assert figures["top5_disagreements"] == 0 and figures["max_prob_diff"] <= 1e-5, figures
