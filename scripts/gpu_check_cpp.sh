@@ -30,16 +30,16 @@ fi
 mkdir -p "$build"
 if ! cmake -S cpp -B "$build" -DCMAKE_BUILD_TYPE=Release -DRTK_REQUIRE_TENSORRT=ON >"$build/configure.log" 2>&1; then
   # CMake wraps long messages: join the log's lines before taking the reason out of it.
-  reason=$(tr -s '\n ' ' ' <"$build/configure.log" | grep -o "cannot build rtk_infer and classify: [^)]*)" || true)
+  reason=$(tr -s '\n ' ' ' <"$build/configure.log" | grep -o "cannot build the TensorRT backend: [^)]*)" || true)
   if [ -n "$reason" ]; then
-    echo "TensorRT missing: ${reason#cannot build rtk_infer and classify: }" >&2
+    echo "TensorRT missing: ${reason#cannot build the TensorRT backend: }" >&2
     exit 2
   fi
   echo "cmake failed to configure cpp/: see $build/configure.log" >&2
   exit 1
 fi
-grep -o "rtk: building rtk_infer and classify with .*" "$build/configure.log" >&2
+grep -o "rtk: building the TensorRT backend with .*" "$build/configure.log" >&2
 cmake --build "$build" --parallel >"$build/build.log" 2>&1 || { echo "build failed: see $build/build.log" >&2; exit 1; }
 ctest --test-dir "$build" --output-on-failure >&2
 
-python scripts/compare_cpp_top5.py --engine "$engine" --classify "$build/classify" --num-images "$num_images"
+python scripts/compare_cpp_top5.py --model "$engine" --classify "$build/classify" --num-images "$num_images"

@@ -1,20 +1,26 @@
-"""The C++ app in cpp/: built here with CMake into a temporary folder (rtk_core and its tools need
-neither TensorRT nor CUDA), its unit tests run through ctest, and its preprocessing compared with
-rtk.preprocess float for float. rtk_infer and classify build only where TensorRT is found;
-scripts/gpu_check_cpp.sh runs them against the Python runtime on a GPU machine."""
+"""The C++ library in cpp/: built here with CMake into a temporary folder with its OpenVINO backend
+(OpenVINO's CMake package from the openvino wheel; the TensorRT backend builds only where TensorRT
+is found), its unit tests run through ctest, its preprocessing compared with rtk.preprocess float
+for float, and `classify` compared with rtk.runtime's OpenVINO backend on the shipped ResNet-20's
+FP32 and CPU-flavour INT8 files over the 10,000 test images. scripts/gpu_check_cpp.sh runs the
+TensorRT backend against the Python runtime on a GPU machine."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_fake_engine
+from conftest import import_script, run, write_fake_engine
 
+from rtk.fileio import sha256_file
 from rtk.preprocess import CLASSES, normalization_metadata, normalize_uint8_nhwc
 
 CPP = Path(__file__).resolve().parent.parent / "cpp"
@@ -34,10 +40,19 @@ def _run(args: list[object], **kwargs) -> subprocess.CompletedProcess:
                           timeout=300, **kwargs)
 
 
+def openvino_cmake_dir() -> Path:
+    """The CMake package the openvino wheel ships, <site-packages>/openvino/cmake (found without
+    importing OpenVINO)."""
+    spec = importlib.util.find_spec("openvino")
+    assert spec is not None and spec.submodule_search_locations, "openvino is not installed: pip install 'rtk[openvino]'"
+    return Path(next(iter(spec.submodule_search_locations))) / "cmake"
+
+
 @pytest.fixture(scope="module")
 def cpp_build(tmp_path_factory: pytest.TempPathFactory) -> CppBuild:
     root = tmp_path_factory.mktemp("cpp-build")
-    configure = _run(["cmake", "-S", CPP, "-B", root, "-DCMAKE_BUILD_TYPE=Release"])
+    configure = _run(["cmake", "-S", CPP, "-B", root, "-DCMAKE_BUILD_TYPE=Release", "-DRTK_REQUIRE_OPENVINO=ON",
+                      f"-DOpenVINO_DIR={openvino_cmake_dir()}"])
     assert configure.returncode == 0, configure.stdout + configure.stderr
     build = _run(["cmake", "--build", root, "--parallel", "2"])
     assert build.returncode == 0, build.stdout + build.stderr
@@ -77,18 +92,20 @@ def dumped_floats(cpp_build: CppBuild, sidecar: Path, image: Path, tmp_path: Pat
 def test_core_unit_tests_pass_under_ctest(cpp_build: CppBuild):
     result = _run(["ctest", "--test-dir", cpp_build.root, "--output-on-failure"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "100% tests passed, 0 tests failed out of 7" in result.stdout
+    assert "100% tests passed, 0 tests failed out of 8" in result.stdout
 
 
-def test_tensorrt_part_builds_where_tensorrt_is_found(cpp_build: CppBuild):
-    skipped = re.search(r"rtk_infer and classify skipped: (.*)", cpp_build.configure_log)
+def test_tensorrt_backend_builds_where_tensorrt_is_found(cpp_build: CppBuild, tmp_path: Path):
+    skipped = re.search(r"TensorRT backend skipped: (.*)", cpp_build.configure_log)
     if skipped and "TensorRT headers not found" in skipped.group(1):
-        pytest.skip(f"{skipped.group(1)}: rtk_infer and classify not built")
+        # Without it, classify says so for an engine instead of failing on the file.
+        write_fake_engine(tmp_path / "m.plan")
+        result = _run([cpp_build.tool("classify"), tmp_path / "m.plan", tmp_path / "none.bin"])
+        assert result.returncode == 1 and "this build of rtk_infer has no TensorRT backend" in result.stderr
+        pytest.skip(f"{skipped.group(1)}: the TensorRT backend is not built")
     assert not skipped, f"TensorRT was found but the build skipped it: {skipped.group(1)}"
-    classify = cpp_build.tool("classify")
-    assert _run([classify, "--help"]).returncode == 0
-    missing = _run([classify, cpp_build.root / "none.plan", cpp_build.root / "none.bin"])
-    assert missing.returncode == 1 and missing.stderr.startswith("error: ")
+    missing = _run([cpp_build.tool("classify"), cpp_build.root / "none.plan", cpp_build.root / "none.bin"])
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "engine not found" in missing.stderr
 
 
 @pytest.mark.parametrize("fmt", ["cifar", "ppm", "png"])
@@ -304,9 +321,10 @@ for i, row in enumerate(probs):
 """
 
 
-def tiny_rtk_onnx(path: Path, precision: str = "fp32") -> Path:
+def tiny_rtk_onnx(path: Path, precision: str = "fp32", batch: int | str = "batch", rtk_metadata: bool = True) -> Path:
     """input [batch,3,32,32] -> mean over pixels -> 3x10 linear -> logits, with rtk metadata
-    (`precision` only labels it: tests/test_build.py builds it with a stand-in TensorRT)."""
+    (`precision` only labels it: tests/test_build.py builds it with a stand-in TensorRT); an int
+    `batch` fixes the batch size as `rtk export --fixed-batch` does."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -318,15 +336,16 @@ def tiny_rtk_onnx(path: Path, precision: str = "fp32") -> Path:
          helper.make_node("Flatten", ["pooled"], ["flat"]),
          helper.make_node("MatMul", ["flat", "weight"], ["logits"])],
         "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
         [numpy_helper.from_array(weight, "weight")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for key, value in encode_metadata({"format": FORMAT, "depth": 20, "precision": precision,
                                        "normalization": normalization_metadata(),
                                        "classes": list(CLASSES)}).items():
-        model.metadata_props.add(key=key, value=value)
+        if rtk_metadata:
+            model.metadata_props.add(key=key, value=value)
     onnx.save_model(model, path)
     return path
 
@@ -342,8 +361,154 @@ def test_gpu_check_comparison_of_top5(tmp_path: Path, cifar_dir: Path, swap: boo
     fake.chmod(0o755)
     env = {**os.environ, "RTK_DATA_DIR": str(cifar_dir), **({"SWAP_TOP2": "1"} if swap else {})}
     script = Path(__file__).resolve().parent.parent / "scripts" / "compare_cpp_top5.py"
-    result = _run([sys.executable, script, "--engine", tiny_rtk_onnx(tmp_path / "tiny.onnx"),
+    result = _run([sys.executable, script, "--model", tiny_rtk_onnx(tmp_path / "tiny.onnx"),
                    "--classify", fake, "--num-images", 40], env=env)
     assert result.returncode == exit_code, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == verdict
     assert "images=40" in result.stdout
+
+
+# The OpenVINO backend on the shipped ResNet-20, against rtk.runtime's OpenVINO backend
+
+THREADS = 2  # OpenVINO's CPU threads, the same on both sides
+
+
+@pytest.fixture(scope="module")
+def shipped_models(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> dict[str, Path]:
+    """The shipped ResNet-20 as `rtk export --depth 20` and `rtk quantize --depth 20 --target cpu`
+    write it into a temporary runs/ (with a copy of calib/, whose shipped manifest the quantize
+    reuses), and the 10,000 test images as a CIFAR-10 binary file."""
+    from rtk.data import load_test_set
+
+    root = tmp_path_factory.mktemp("shipped")
+    shutil.copytree(CPP.parent / "calib", root / "calib")
+    common = ["--runs-dir", root / "runs", "--data-dir", cifar_dir]
+    for command in (["export", "--depth", 20], ["quantize", "--depth", 20, "--target", "cpu",
+                                                "--calib-dir", root / "calib"]):
+        result = run(*command, *common)
+        assert result.exit_code == 0, result.output
+    images, labels = load_test_set(cifar_dir)
+    models = root / "runs" / "resnet20"
+    record = json.loads((models / "model.int8.cpu.onnx.json").read_text())
+    assert record["sha256"] == sha256_file(models / "model.int8.cpu.onnx")  # classify checks the file against it
+    return {"fp32": models / "model.onnx", "int8": models / "model.int8.cpu.onnx",
+            "test_set": write_cifar_binary(root / "test_batch.bin", images, labels)}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_classify_predicts_as_rtk_runtime_on_the_whole_test_set(cpp_build: CppBuild, shipped_models: dict,
+                                                                 cifar10, capsys: pytest.CaptureFixture,
+                                                                 precision: str):
+    compare = import_script("compare_cpp_top5")
+    model = shipped_models[precision]
+    cpp_top, cpp_probs = compare.classify_tsv(cpp_build.tool("classify"), model, shipped_models["test_set"], THREADS)
+    py_probs = compare.python_probs(model, cifar10.test_images, THREADS)
+    labels = cifar10.test_labels
+    assert len(cpp_top) == len(labels) == 10_000
+    cpp_accuracy, py_accuracy = np.mean(cpp_top[:, 0] == labels), np.mean(py_probs.argmax(axis=1) == labels)
+    equal = int(np.sum(cpp_top[:, 0] == py_probs.argmax(axis=1)))
+    with capsys.disabled():  # in the test log, passed or not
+        print(f"\n{model.name}: top-1 accuracy C++ {cpp_accuracy:.2%}, rtk.runtime (OpenVINO) {py_accuracy:.2%}; "
+              f"{equal:,} of {len(labels):,} predictions equal")
+    assert np.array_equal(cpp_top[:, 0], py_probs.argmax(axis=1))  # every prediction
+    figures = compare.compare(cpp_top, cpp_probs, py_probs, tie=1e-4, atol=1e-5)
+    assert figures["top5_disagreements"] == 0 and figures["max_prob_diff"] <= 1e-5, figures
+    assert cpp_accuracy > 0.91  # the shipped model's, not a constant answer
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_classify_prints_the_top5_of_rtk_runtime_to_4_decimals(cpp_build: CppBuild, shipped_models: dict,
+                                                                cifar10, precision: str):
+    import rtk.runtime
+
+    model, index = shipped_models[precision], 3  # test image 3: an airplane the model is unsure of
+    result = _run([cpp_build.tool("classify"), model, shipped_models["test_set"], "--index", index])
+    assert result.returncode == 0, result.stderr
+    header, image, *ranks = result.stdout.splitlines()
+    assert header == f"{model}: ResNet-20 {precision}{' (cpu flavour)' if precision == 'int8' else ''} on openvino " \
+                     f"{importlib.metadata.version('openvino')}"
+    assert image.endswith(f"[{index}]  label: airplane")
+    with rtk.runtime.load(model, backend="openvino") as loaded:
+        probs = loaded.predict(cifar10.test_images[index]).probs[0]
+    expected = [f"  {rank + 1}. {CLASSES[c]:<12} {c:2d}  {probs[c]:.4f}"
+                for rank, c in enumerate(np.argsort(-probs, kind="stable")[:5])]
+    assert ranks == expected
+    assert float(ranks[1].split()[-1]) > 0.001  # a second class with a probability worth comparing
+
+
+def test_example_app_classifies_an_image_as_rtk_runtime(cpp_build: CppBuild, shipped_models: dict, cifar10,
+                                                        tmp_path: Path):
+    import rtk.runtime
+
+    images = cifar10.test_images[:3]
+    files = [write_ppm(tmp_path / f"test{i}.ppm", image) for i, image in enumerate(images)]
+    result = _run([cpp_build.root / "examples" / "classify_image" / "classify_image", shipped_models["int8"], *files])
+    assert result.returncode == 0, result.stderr
+    with rtk.runtime.load(shipped_models["int8"], backend="openvino") as loaded:
+        probs = loaded.predict(images).probs
+    assert result.stdout.splitlines()[1:] == [f"{file}: {CLASSES[p.argmax()]} ({100 * p.max():.1f}%)"
+                                              for file, p in zip(files, probs)]
+    assert _run([cpp_build.root / "examples" / "classify_image" / "classify_image"]).returncode == 2
+
+
+def test_a_fixed_batch_model_takes_any_number_of_images(cpp_build: CppBuild, tmp_path: Path):
+    import rtk.runtime
+
+    model = tiny_rtk_onnx(tmp_path / "fixed.onnx", batch=4)
+    images = random_images(10)
+    result = _run([cpp_build.tool("classify"), model, write_cifar_binary(tmp_path / "x.bin", images, np.zeros(10)),
+                   "--tsv", "--top", 10])
+    assert result.returncode == 0, result.stderr
+    probs = np.array([[float(p) for p in line.split("\t")[3].split(",")] for line in result.stdout.splitlines()])
+    with rtk.runtime.load(model, backend="openvino") as loaded:
+        expected = -np.sort(-loaded.predict(images).probs, axis=1)
+    assert probs.shape == (10, 10) and np.allclose(probs, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "model file not found: "),
+    ("not onnx", "OpenVINO cannot read "),
+    ("no rtk metadata", "is not an rtk model: its ONNX metadata has no rtk.format"),
+    ("fp16", "is an FP16 model; OpenVINO's CPU plugin runs the FP32 and INT8 files"),
+    ("changed after validation", "does not match its validation record"),
+    ("foreign validation record", ".json: format: 'x' is not 'rtk.validation/1'"),
+    ("wrong image size", "is 16x16 pixels but the model takes 32x32 RGB images"),
+    ("unknown file type", "unknown model file type (expected .onnx, .plan or .engine)"),
+    ("too many threads", "--threads must be between 0 and 1024, not 5000"),
+])
+def test_openvino_backend_refuses_with_one_line(cpp_build: CppBuild, shipped_models: dict, tmp_path: Path,
+                                                case: str, expected: str):
+    model = tmp_path / "m.onnx"
+    image = write_ppm(tmp_path / "x.ppm", random_images(1)[0])
+    extra: list[object] = []
+    if case == "missing":
+        model = tmp_path / "none.onnx"
+    elif case == "not onnx":
+        model.write_bytes(b"not a model at all")
+    elif case == "no rtk metadata":
+        tiny_rtk_onnx(model, rtk_metadata=False)
+    elif case == "fp16":
+        tiny_rtk_onnx(model, precision="fp16")
+    elif case in ("changed after validation", "foreign validation record"):
+        shutil.copy(shipped_models["int8"], model)
+        record = json.loads(Path(f"{shipped_models['int8']}.json").read_text())
+        if case == "foreign validation record":
+            record["format"] = "x"
+        else:
+            data = bytearray(model.read_bytes())
+            data[len(data) // 2] ^= 1  # one bit of one weight
+            model.write_bytes(bytes(data))
+        Path(f"{model}.json").write_text(json.dumps(record))
+    elif case == "wrong image size":
+        tiny_rtk_onnx(model)
+        image = write_ppm(tmp_path / "small.ppm", np.zeros((16, 16, 3), np.uint8))
+    elif case == "unknown file type":
+        model = tiny_rtk_onnx(tmp_path / "m.pt")
+    elif case == "too many threads":
+        tiny_rtk_onnx(model)
+        extra = ["--threads", 5000]
+    result = _run([cpp_build.tool("classify"), model, image, *extra])
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert expected in result.stderr
+    assert result.stdout == ""

@@ -264,6 +264,7 @@ def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_on
     figures = json.loads(quantize.validation_path(out).read_text())
     assert figures["format"] == "rtk.validation/1" and figures["test_images"] == 2000
     assert figures["model"] == out.name and figures["reference"] == fp32_onnx.name
+    assert figures["sha256"] == sha256_file(out)  # what the C++ Classifier checks the file against
     assert figures["delta_pct"] == pytest.approx(figures["accuracy_pct"] - figures["reference_accuracy_pct"], abs=1e-3)
     assert 0 <= figures["top1_agreement_pct"] <= 100 and figures["max_drop_pct"] == 100.0
     evidence = figures["evidence"]  # the images behind the difference, with the exact McNemar p
@@ -275,7 +276,8 @@ def test_validation_figures_are_stored_and_a_failed_model_is_not_written(fp32_on
     assert figures["kl_to_reference"] == pytest.approx(stats.kl_divergence(fp32, int8), abs=1e-6)
     assert figures["logit_mse"] == pytest.approx(float(np.mean((int8 - fp32) ** 2)), abs=1e-6)
     assert figures == {**validation.validate(out, fp32_onnx, images, labels),
-                       "model": out.name, "reference": fp32_onnx.name, "max_drop_pct": 100.0}
+                       "model": out.name, "reference": fp32_onnx.name, "max_drop_pct": 100.0,
+                       "sha256": sha256_file(out)}
 
     refused = tmp_path / "refused"
     with pytest.raises(quantize.AccuracyDropError, match="not written") as raised:  # must gain 50 points: impossible

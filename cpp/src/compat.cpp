@@ -45,12 +45,4 @@ void check_compute_capability(const Sidecar& sidecar, int major, int minor, cons
   }
 }
 
-void check_engine_sha256(const Sidecar& sidecar, const std::string& actual_sha256, const std::string& engine) {
-  if (sidecar.engine_sha256 != actual_sha256) {
-    throw Error(engine + " does not match its sidecar (sha256 " + actual_sha256.substr(0, 12) + "..., sidecar says " +
-                sidecar.engine_sha256.substr(0, 12) + "...): the engine was replaced or truncated after "
-                "`rtk build`; rebuild it");
-  }
-}
-
 }  // namespace rtk

@@ -10,12 +10,13 @@
 #include <random>
 #include <string>
 
+#include "json_fields.h"  // private to the library (src/), tested here
 #include "rtk/compat.h"
 #include "rtk/error.h"
 #include "rtk/image.h"
-#include "rtk/json.h"
+#include "rtk/io.h"
+#include "rtk/onnx_meta.h"
 #include "rtk/preprocess.h"
-#include "rtk/sha256.h"
 #include "rtk/sidecar.h"
 #include "rtk/topk.h"
 
@@ -96,62 +97,54 @@ std::string sidecar_json(const std::string& override_key = "", const std::string
 }
 
 void test_sha256() {
+  auto sha = [](const std::string& bytes) { return rtk::sha256_hex(bytes.data(), bytes.size()); };
   // FIPS 180-4 / NIST example vectors.
-  CHECK(rtk::sha256_hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  CHECK(rtk::sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  const char* two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
-  CHECK(rtk::sha256_hex(two_blocks, std::strlen(two_blocks)) ==
+  CHECK(sha("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(sha("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(sha("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-  // Padding boundaries (55/56 bytes need one/two final blocks), from Python's hashlib.
-  const std::map<std::size_t, std::string> a_runs = {
-      {55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"},
-      {56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"},
-      {63, "7d3e74a05d7db15bce4ad9ec0658ea98e3f06eeecf16b4c6fff2da457ddc2f34"},
-      {64, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"},
-      {65, "635361c48bb9eab14198e76ea8ab7f1a41685d6ad62aa9146d301d4f17eb0ae0"},
-  };
-  for (const auto& [n, digest] : a_runs) CHECK(rtk::sha256_hex(std::string(n, 'a').data(), n) == digest);
-  // One million 'a', fed in uneven pieces to exercise the block buffer.
-  rtk::Sha256 hash;
-  std::string piece(997, 'a');
-  std::size_t left = 1000000;
-  while (left > 0) {
-    std::size_t take = std::min(left, piece.size());
-    hash.update(piece.data(), take);
-    left -= take;
-  }
-  CHECK(hash.hex_digest() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
-
+  CHECK(sha(std::string(1000000, 'a')) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  // An engine-sized file (3 MiB + 17 bytes, the size of rtk's INT8 ResNet-20 engines), read back
+  // from disk; the digest is Python's hashlib.sha256 of the same bytes.
+  std::string engine(3 * 1024 * 1024 + 17, '\0');
+  for (std::size_t i = 0; i < engine.size(); ++i) engine[i] = static_cast<char>((i * 31 + i / 4096) % 251);
   TempDir dir;
-  CHECK(rtk::sha256_file(dir.write("abc.bin", "abc")) == rtk::sha256_hex("abc", 3));
-  CHECK_THROWS(rtk::sha256_file((dir.path / "missing.plan").string()), "not found");
+  CHECK(sha(rtk::read_file(dir.write("m.plan", engine), "engine")) ==
+        "af68b365757754c18840598e1aa9ef3c5dec8a165ff60c22d4e81ad3e196db85");
+  CHECK_THROWS(rtk::read_file((dir.path / "missing.plan").string(), "engine"), "engine not found: ");
+
+  rtk::check_sha256("m.plan", sha("abc"), sha("abc"), "its sidecar", "`rtk build`");
+  CHECK_THROWS(rtk::check_sha256("m.plan", sha("abd"), sha("abc"), "its sidecar", "`rtk build`"),
+               "m.plan does not match its sidecar (sha256 a52d159f262b..., the record says ba7816bf8f01...): the "
+               "file was replaced or changed after `rtk build` wrote it");
 }
 
+// The JSON reading under the sidecar and the ONNX metadata: nlohmann/json's parser, rtk's messages.
 void test_json() {
-  rtk::Json doc = rtk::Json::parse(
-      R"( {"a": [1, -2.5e2, 0.125, true, false, null], "s": "q\"\\\/\n\u00e9\ud83d\ude00", "o": {}} )");
-  const auto& a = doc.at("a").array();
-  CHECK(a.size() == 6);
-  CHECK(a[0].number() == 1.0 && a[1].number() == -250.0 && a[2].number() == 0.125);
-  CHECK(a[3].boolean() && !a[4].boolean() && a[5].type() == rtk::Json::Type::Null);
-  CHECK(doc.at("s").string() == "q\"\\/\n\xC3\xA9\xF0\x9F\x98\x80");
-  CHECK(doc.at("o").members().empty());
-  CHECK(doc.find("missing") == nullptr);
-  CHECK_THROWS(doc.at("missing"), "missing key 'missing'");
-  CHECK_THROWS(doc.at("s").number(), "expected a number, found a string");
-  CHECK_THROWS(doc.at("a").members(), "expected an object, found an array");
+  rtk::detail::JsonFields r("x.json");
+  rtk::detail::Json doc = r.parse(R"( {"a": [1, -2.5e2, 0.125], "s": "q\"\u00e9\ud83d\ude00", "n": 20, "f": 20.5} )");
+  CHECK(doc["a"][1].get<double>() == -250.0 && doc["s"].get<std::string>() == "q\"\xC3\xA9\xF0\x9F\x98\x80");
+  CHECK(r.text(doc, "s").size() == 8 && r.integer(doc["n"], "n") == 20);
+  CHECK_THROWS(r.text(doc, "missing"), "x.json: missing: missing");
+  CHECK_THROWS(r.text(doc, "n"), "x.json: n: expected a string, found a number");
+  CHECK_THROWS(r.object(doc, "a"), "x.json: a: expected an object, found an array");
+  CHECK_THROWS(r.integer(doc["f"], "f"), "x.json: f: expected an integer, found 20.5");
+  CHECK_THROWS(r.integer(doc["s"], "s"), "x.json: s: expected a number, found a string");
 
-  CHECK_THROWS(rtk::Json::parse(""), "unexpected end");
-  CHECK_THROWS(rtk::Json::parse("[1, 2,]"), "byte 6");
-  CHECK_THROWS(rtk::Json::parse("{\"a\" 1}"), "expected ':'");
-  CHECK_THROWS(rtk::Json::parse("\"open"), "unterminated string");
-  CHECK_THROWS(rtk::Json::parse("01"), "unexpected text after the value");
-  CHECK_THROWS(rtk::Json::parse("1."), "digit expected");
-  CHECK_THROWS(rtk::Json::parse("1e999"), "out of range");
-  CHECK_THROWS(rtk::Json::parse("NaN"), "unexpected character");
-  CHECK_THROWS(rtk::Json::parse("\"\\ud83d\""), "lone surrogate");
-  CHECK_THROWS(rtk::Json::parse("{} {}"), "unexpected text after the value");
-  CHECK_THROWS(rtk::Json::parse(std::string(200, '[')), "nested too deeply");
+  CHECK_THROWS(r.parse(""), "x.json: invalid JSON at byte 1");
+  CHECK_THROWS(r.parse("[1, 2,]"), "invalid JSON at byte 7");
+  CHECK_THROWS(r.parse("{\"a\" 1}", "rtk.classes"), "x.json: rtk.classes: invalid JSON at byte");
+  CHECK_THROWS(r.parse("\"open"), "invalid JSON");
+  CHECK_THROWS(r.parse("1e999"), "invalid JSON");
+  CHECK_THROWS(r.parse("NaN"), "invalid JSON");
+  CHECK_THROWS(r.parse("\"\\ud83d\""), "invalid JSON");
+  CHECK_THROWS(r.parse("{} {}"), "invalid JSON");
+  CHECK(r.parse(std::string(500, '[') + std::string(500, ']')).is_array());  // deep nesting is no crash
+
+  rtk::detail::Json names = r.parse(R"(["cat", "dog"])");
+  CHECK(r.classes(names, "classes") == std::vector<std::string>({"cat", "dog"}));
+  CHECK_THROWS(r.classes(r.parse("[]"), "classes"), "classes: expected a list of class names");
+  CHECK_THROWS(r.classes(r.parse("[\"cat\", 3]"), "classes"), "found a number");
 }
 
 void test_sidecar() {
@@ -180,6 +173,9 @@ void test_sidecar() {
   CHECK_THROWS(rtk::parse_sidecar("{", "m.plan.json"), "m.plan.json: invalid JSON");
   CHECK_THROWS(rtk::parse_sidecar(sidecar_json("format", R"("rtk.engine/2")"), "m"), "format: 'rtk.engine/2'");
   CHECK_THROWS(rtk::parse_sidecar(sidecar_json("classes", ""), "m.plan.json"), "m.plan.json: classes: missing");
+  CHECK(rtk::parse_sidecar(sidecar_json("runtime", R"("tensorrt")"), "x").depth == 20);
+  CHECK_THROWS(rtk::parse_sidecar(sidecar_json("runtime", R"("tensorrt-rtx")"), "m.rtx.plan.json"),
+               "m.rtx.plan.json: runtime: 'tensorrt-rtx': this library runs TensorRT engines");
   CHECK_THROWS(rtk::parse_sidecar(sidecar_json("depth", R"("20")"), "m"), "depth: expected a number");
   CHECK_THROWS(rtk::parse_sidecar(sidecar_json("depth", "20.5"), "m"), "depth: expected an integer");
   CHECK_THROWS(rtk::parse_sidecar(sidecar_json("profile", R"({"min": 8, "opt": 4, "max": 16})"), "m"),
@@ -204,6 +200,58 @@ void test_sidecar() {
   CHECK_THROWS(rtk::read_sidecar((dir.path / "none.plan.json").string()), "sidecar not found");
 }
 
+// The metadata_props `rtk export` and `rtk quantize` write (rtk/onnx_meta.py), as OpenVINO hands them over.
+std::map<std::string, std::string> onnx_props() {
+  return {{"rtk.format", "rtk.onnx/1"}, {"rtk.depth", "20"}, {"rtk.precision", "int8"}, {"rtk.int8_target", "cpu"},
+          {"rtk.normalization", R"({"mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
+            "scale": 0.00392156862745098, "value_range": [0, 255], "input_dtype": "uint8", "channel_order": "RGB",
+            "layout": "NCHW", "source_layout": "NHWC"})"},
+          {"rtk.classes", R"(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+            "truck"])"},
+          {"rtk.checkpoint_sha256", "ffceb5b6a048"}, {"rtk.val_acc", "92.24"}, {"rtk.version", "0.1.0"}};
+}
+
+void test_onnx_meta() {
+  rtk::ModelInfo info = rtk::parse_onnx_metadata(onnx_props(), "m.onnx");
+  CHECK(info.depth == 20 && info.precision == "int8" && info.int8_target == "cpu");
+  CHECK(info.classes.size() == 10 && info.classes[9] == "truck");
+  CHECK(info.normalization.mean[1] == 0.4822f && info.normalization.std[0] == 0.247f);
+  CHECK(info.normalization.scale == static_cast<float>(1.0 / 255.0));
+
+  auto with = [](const std::string& key, const std::string& value) {
+    auto props = onnx_props();
+    if (value.empty()) {
+      props.erase(key);
+    } else {
+      props[key] = value;
+    }
+    return props;
+  };
+  CHECK_THROWS(rtk::parse_onnx_metadata({{"producer", "pytorch"}}, "m.onnx"),
+               "m.onnx is not an rtk model: its ONNX metadata has no rtk.format");
+  CHECK_THROWS(rtk::parse_onnx_metadata(with("rtk.format", "rtk.onnx/9"), "m.onnx"),
+               "m.onnx: rtk.format: 'rtk.onnx/9' is not 'rtk.onnx/1'");
+  CHECK_THROWS(rtk::parse_onnx_metadata(with("rtk.classes", ""), "m.onnx"), "m.onnx: rtk.classes: missing");
+  CHECK_THROWS(rtk::parse_onnx_metadata(with("rtk.classes", "[\"cat\""), "m.onnx"),
+               "m.onnx: rtk.classes: invalid JSON at byte");
+  CHECK_THROWS(rtk::parse_onnx_metadata(with("rtk.depth", "twenty"), "m.onnx"), "m.onnx: rtk.depth: invalid JSON");
+  CHECK_THROWS(rtk::parse_onnx_metadata(with("rtk.normalization", R"({"mean": [0, 0, 0], "std": [1, 1, 1],
+                                             "scale": 1, "layout": "NHWC"})"), "m.onnx"),
+               "m.onnx: rtk.normalization.layout: 'NHWC' is not supported (expected 'NCHW')");
+
+  TempDir dir;
+  std::string model = dir.write("m.onnx", "bytes");
+  CHECK(!rtk::recorded_sha256(model));  // no record beside it: nothing to check against
+  dir.write("m.onnx.json", R"({"format": "rtk.validation/1", "accuracy_pct": 92.25})");
+  CHECK(!rtk::recorded_sha256(model));  // a record from before rtk stored the sha256
+  dir.write("m.onnx.json", R"({"format": "rtk.validation/1", "sha256": "abc"})");
+  CHECK(rtk::recorded_sha256(model) == std::optional<std::string>("abc"));
+  dir.write("m.onnx.json", R"({"format": "something else"})");
+  CHECK_THROWS(rtk::recorded_sha256(model), "m.onnx.json: format: 'something else' is not 'rtk.validation/1'");
+  dir.write("m.onnx.json", R"({"format": "rtk.valid)");
+  CHECK_THROWS(rtk::recorded_sha256(model), "m.onnx.json: invalid JSON at byte");
+}
+
 void test_compat() {
   CHECK(rtk::parse_version("10.13.0.35").str() == "10.13.0");
   CHECK(rtk::parse_version("11.4").str() == "11.4.0");
@@ -220,8 +268,6 @@ void test_compat() {
   CHECK_THROWS(rtk::check_compute_capability(s, 8, 9, "NVIDIA L4", "m.plan"),
                "built for NVIDIA H100 80GB HBM3 (compute capability 9.0) but this GPU is NVIDIA L4 "
                "(compute capability 8.9)");
-  rtk::check_engine_sha256(s, rtk::sha256_hex("abc", 3), "m.plan");
-  CHECK_THROWS(rtk::check_engine_sha256(s, rtk::sha256_hex("abd", 3), "m.plan"), "does not match its sidecar");
 }
 
 std::string cifar_record(int label, int seed) {
@@ -317,7 +363,8 @@ void test_topk() {
 
 int main(int argc, char** argv) {
   const std::map<std::string, std::function<void()>> groups = {
-      {"sha256", test_sha256}, {"json", test_json}, {"sidecar", test_sidecar}, {"compat", test_compat},
+      {"sha256", test_sha256}, {"json", test_json}, {"sidecar", test_sidecar}, {"onnx_meta", test_onnx_meta},
+      {"compat", test_compat},
       {"image", test_image},   {"preprocess", test_preprocess}, {"topk", test_topk},
   };
   for (int i = 1; i < argc; ++i) {

@@ -1,4 +1,4 @@
-// What classify and rtk_preprocess_dump share: `--name value` options beside positional
+// What classify, classify_speed and rtk_preprocess_dump share: `--name value` options beside positional
 // arguments, and a main() wrapper that turns any rtk::Error into one line and exit status 1.
 #pragma once
 
@@ -27,6 +27,16 @@ struct Args {
     char* end = nullptr;
     long value = std::strtol(it->second.c_str(), &end, 10);
     if (it->second.empty() || *end != '\0') throw Error(name + " takes an integer, not '" + it->second + "'");
+    return value;
+  }
+
+  // integer(name), refused unless lo <= value <= hi (sizes are bounded before any work starts).
+  std::optional<long> bounded(const std::string& name, long lo, long hi) const {
+    std::optional<long> value = integer(name);
+    if (value && (*value < lo || *value > hi)) {
+      throw Error(name + " must be between " + std::to_string(lo) + " and " + std::to_string(hi) + ", not " +
+                  std::to_string(*value));
+    }
     return value;
   }
 };

@@ -1,7 +1,8 @@
 """Validation of a written model against its FP32 reference on the 10,000 test images: accuracy,
 the difference in points with its paired evidence, top-1 agreement, the KL divergence and logit
 MSE against FP32; stored beside the model as `<model>.json`
-("rtk.validation/1"), and a model that loses more than MAX_ACCURACY_DROP points is refused.
+("rtk.validation/1", with the sha256 of the file validated, which the C++ Classifier checks), and a
+model that loses more than MAX_ACCURACY_DROP points is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from rtk import data, stats
 from rtk.errors import RtkError
-from rtk.fileio import write_text_atomic
+from rtk.fileio import sha256_file, write_text_atomic
 from rtk.log import Log
 from rtk.quantize.calibration import onnxruntime_version
 from rtk.quantize.metadata import fp32_metadata
@@ -55,6 +56,7 @@ def validate_into(model_path: Path, out: Path, reference: Path, precision: str,
     images, labels = data.load_test_set(data_dir)
     report = validate(model_path, reference, images, labels)
     report["model"], report["reference"] = out.name, reference.name
+    report["sha256"] = sha256_file(model_path)  # the bytes validated; a changed file no longer matches
     limit = MAX_ACCURACY_DROP[precision] if max_drop is None else max_drop
     log(f"{out.name}: test accuracy {report['accuracy_pct']:.2f}% (FP32 "
         f"{report['reference_accuracy_pct']:.2f}%, {stats.Paired(**report['evidence']).summary()}), top-1 "

@@ -24,6 +24,5 @@ Version version_from_tensorrt_int(int value);
 void check_tensorrt_version(const Sidecar& sidecar, const Version& runtime, const std::string& engine);
 void check_compute_capability(const Sidecar& sidecar, int major, int minor, const std::string& gpu_name,
                               const std::string& engine);
-void check_engine_sha256(const Sidecar& sidecar, const std::string& actual_sha256, const std::string& engine);
 
 }  // namespace rtk

@@ -10,22 +10,16 @@
 //   layer_precisions.
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "rtk/model_info.h"
+
 namespace rtk {
 
 inline constexpr const char* kSidecarFormat = "rtk.engine/1";
-
-// x_normalized[c] = (pixel * scale - mean[c]) / std[c], pixels uint8 RGB, result NCHW float32.
-struct Normalization {
-  std::array<float, 3> mean{};
-  std::array<float, 3> std{};
-  float scale = 1.0f / 255.0f;
-};
 
 struct TensorSpec {
   std::string name;
