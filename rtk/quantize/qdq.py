@@ -27,6 +27,7 @@ class Flavour:
     extra_options: Mapping[str, Any]
     leading_float_convs: int  # the first Convs in graph order, left float by default
     quantized_for_convs_only: bool  # other readers of a quantized activation read it float (float_readers)
+    tuned: bool  # scales and biases tuned against FP32 by default (rtk.quantize.tuning)
 
 
 FLAVOURS: dict[str, Flavour] = {
@@ -53,6 +54,7 @@ FLAVOURS: dict[str, Flavour] = {
         },
         leading_float_convs=2,
         quantized_for_convs_only=True,
+        tuned=True,
     ),
     # U8S8: unsigned asymmetric activations, signed symmetric per-channel weights, INT32 biases.
     # With Relu listed, quantize_static folds each ReLU into the zero point of the tensor before it
@@ -66,6 +68,7 @@ FLAVOURS: dict[str, Flavour] = {
         extra_options={"WeightSymmetric": True, "QDQOpTypePerChannelSupportToAxis": {"Conv": 0}},
         leading_float_convs=0,
         quantized_for_convs_only=False,
+        tuned=False,
     ),
 }
 assert tuple(FLAVOURS) == INT8_TARGETS
