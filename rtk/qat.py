@@ -1,10 +1,10 @@
-"""The TensorRT flavour's INT8 arithmetic simulated in torch, for two uses:
+"""The INT8 arithmetic of rtk's QDQ files simulated in torch, for two uses:
 
     quantization-aware fine-tuning (finetune, `rtk quantize --qat-epochs`): the checkpoint trained on
         checkpoint.pt + model.int8.tensorrt.onnx (PTQ: where the Q/DQ are, their scales)
             -> fine-tune on the training split -> model.int8.tensorrt.qat.pt
-    tuning (tune, rtk.quantize.tuning): the scales and biases of a QDQ file trained toward FP32's
-    logits on the calibration images, the weights left as they are
+    tuning (rtk.quantize.tuning.tune): the scales and biases of a QDQ file of either flavour
+    (attach_qdq) trained toward FP32's logits on the calibration images, the weights left as they are
 
 Fake quantization sits exactly where the QDQ file quantizes, with torch's own ops (straight-through
 gradients): every Conv's weights symmetric per output channel (torch.fake_quantize_per_channel_affine,
