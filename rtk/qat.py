@@ -163,7 +163,6 @@ def _activation_fake_quant(scale: float, learn: bool, device: Any, zero_point: i
     class PerTensor(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.signed = signed
             self.scale = torch.nn.Parameter(torch.tensor([scale], device=device), requires_grad=learn)
             self.register_buffer("zero_point", torch.tensor([float(zero_point)], device=device))
 
