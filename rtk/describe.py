@@ -132,13 +132,30 @@ def describe_checkpoint(path: Path) -> list[Section]:
                  if not name.endswith(("running_mean", "running_var", "num_batches_tracked")))
     bad = non_finite_tensors(ckpt["state_dict"])
     summary = {"file": str(path), "sha256": sha256_file(path), "format": ckpt["format"],
-               **ckpt["model"], "parameters": f"{params:,}",
+               **ckpt["model"], "parameters": f"{params:,}", **_against_the_paper(ckpt),
                "weights finite": f"NO: NaN or infinity in {len(bad)} tensors (a diverged run)" if bad else "yes",
                "resumable": "yes (has train_state)" if "train_state" in ckpt else "no"}
     return [_key_values("checkpoint", summary)] + [
         _key_values(name, ckpt[name]) for name in ("metrics", "split", "recipe", "provenance")
         if isinstance(ckpt.get(name), dict)
     ]
+
+
+def _against_the_paper(ckpt: dict[str, Any]) -> dict[str, str]:
+    """How long the checkpoint trained and its test accuracy beside the paper's for its depth
+    (rtk.model.PAPER_TEST_ACCURACY), where it records them (rtk train does, in percent)."""
+    from rtk.model import PAPER_TEST_ACCURACY
+
+    metrics, recipe = ckpt.get("metrics") or {}, ckpt.get("recipe") or {}
+    shown = {}
+    epochs = metrics.get("epochs", recipe.get("epochs"))
+    if isinstance(epochs, (int, float)):
+        shown["trained"] = f"{epochs:g} epochs" + (f" (recipe {recipe['recipe']})" if recipe.get("recipe") else "")
+    paper, test = PAPER_TEST_ACCURACY.get(ckpt["model"].get("depth")), metrics.get("test_acc")
+    if paper is not None and isinstance(test, (int, float)):
+        shown["test accuracy"] = (f"{test:.2f}%: {test - paper:+.2f} points against the paper's {paper:.2f}% "
+                                  f"(He et al. 2016, Table 6)")
+    return shown
 
 
 _DESCRIBERS = {".onnx": describe_onnx, ".plan": describe_engine, ".engine": describe_engine,

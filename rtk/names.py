@@ -29,6 +29,16 @@ def default_calib_dir() -> Path:
     return Path(os.environ.get("RTK_CALIB_DIR", "calib"))
 
 
+def shipped_calib_dir() -> Path | None:
+    """The calibration manifests shipped with rtk (those of the weights in rtk/weights/, with their
+    tuned values): the top-level calib/ of a source checkout (rtk/ beside pyproject.toml: editable
+    installs and PYTHONPATH), else the package's calib/, where pyproject.toml maps it in a wheel."""
+    package = Path(__file__).resolve().parent
+    if (package.parent / "calib").is_dir() and (package.parent / "pyproject.toml").is_file():
+        return package.parent / "calib"
+    return package / "calib" if (package / "calib").is_dir() else None
+
+
 def with_article(word: str) -> str:
     """'an int8', 'an fp16', 'a bf16': the article as the word is read aloud (letters by name)."""
     return f"{'an' if word[:1].lower() in 'aefhilmnorsx' else 'a'} {word}"

@@ -213,7 +213,7 @@ def qat_int8(paths: RunPaths, onnx_path: Path, out: Path, *, epochs: int, method
         ptq = quantize.quantize_int8(onnx_path, Path(work) / "ptq.onnx", target="tensorrt", method=method,
                                      data_dir=data_dir, num_images=num_images, seed=seed, calib_dir=calib_dir,
                                      verify=False, tune_steps=0, log=log)
-        manifest = read_metadata(ptq)["calibration"]["manifest"]
+        manifest = quantize.manifest_named(read_metadata(ptq)["calibration"]["manifest"], calib_dir)
         tuned = qat.finetune(ckpt, ptq, out.with_suffix(".pt"), epochs=epochs, data_dir=data_dir, log=log)
         tuned_onnx = export.export_onnx(tuned, Path(work) / "model.qat.onnx", data_dir=data_dir,
                                         log=log)

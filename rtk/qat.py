@@ -1,10 +1,10 @@
-"""The TensorRT flavour's INT8 arithmetic simulated in torch, for two uses:
+"""The INT8 arithmetic of rtk's QDQ files simulated in torch, for two uses:
 
     quantization-aware fine-tuning (finetune, `rtk quantize --qat-epochs`): the checkpoint trained on
         checkpoint.pt + model.int8.tensorrt.onnx (PTQ: where the Q/DQ are, their scales)
             -> fine-tune on the training split -> model.int8.tensorrt.qat.pt
-    tuning (tune, rtk.quantize.tuning): the scales and biases of a QDQ file trained toward FP32's
-    logits on the calibration images, the weights left as they are
+    tuning (rtk.quantize.tuning.tune): the scales and biases of a QDQ file of either flavour
+    (attach_qdq) trained toward FP32's logits on the calibration images, the weights left as they are
 
 Fake quantization sits exactly where the QDQ file quantizes, with torch's own ops (straight-through
 gradients): every Conv's weights symmetric per output channel (torch.fake_quantize_per_channel_affine,
@@ -12,7 +12,10 @@ scale max|w| / 127 as onnxruntime's quantizer computes it), every Conv's input a
 shortcut the file quantizes, per tensor (torch.fake_quantize_per_tensor_affine) at the scale the PTQ
 file has for that tensor, read from its DequantizeLinear nodes; in fine-tuning those scales stay
 fixed, so the QDQ file written from the tuned weights uses the same calibration. A Conv the file
-leaves float stays float, and a shortcut it reads float (today's flavour) is not quantized.
+leaves float stays float, and a shortcut it reads float (today's flavour) is not quantized. The CPU
+flavour (U8S8, attach_cpu) quantizes tensors rather than Conv inputs: the image, every Conv's output
+(ReLU folded into its zero point where one follows), every residual Add's output and each downsampling
+shortcut's Pad, each read quantized by all its readers, unsigned with the file's zero point.
 
 BatchNorm is folded into the conv weights first (running mean 0, variance 1 - eps, scale 1, the shift
 in its bias, frozen statistics): the weights fake-quantized in training are then exactly the weights
@@ -28,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +52,6 @@ LR = 0.002  # peak; cosine to 0 over the run (the recipe trained at 0.1-0.4: fin
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 EVAL_BATCH = 500
-# Range and bias tuning (tune): Adam, cosine to 0 from these peaks. Chosen on the validation split
-# of the shipped ResNet-20 (docs/quantization.md, "Tuned scales and biases").
-TUNE_BATCH = 128
-TUNE_LR_SCALES = 1e-3  # the scales are ~0.01-0.05: at most a few percent a step
-TUNE_LR_BIASES = 3e-4
 
 
 def qdq_scales(qdq_path: str | os.PathLike[str]) -> tuple[list[float | None], list[float | None]]:
@@ -148,38 +146,43 @@ def _weight_fake_quant() -> Any:
     class PerChannelInt8(torch.nn.Module):
         def forward(self, weight: torch.Tensor) -> torch.Tensor:  # [C_out, C_in, kH, kW]
             scale = weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127
-            zero = torch.zeros(len(scale), dtype=torch.int32)
+            zero = torch.zeros(len(scale), dtype=torch.int32, device=weight.device)
             return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
 
     return PerChannelInt8()
 
 
-def _activation_fake_quant(scale: float, learn: bool) -> Any:
-    """Per-tensor symmetric INT8 at `scale`; with `learn` the scale is a parameter (`.scale`), trained
-    by torch's LSQ op (the one torch.ao.quantization's _LearnableFakeQuantize runs): straight-through
+def _activation_fake_quant(scale: float, learn: bool, device: Any, zero_point: int = 0, signed: bool = True) -> Any:
+    """Per-tensor INT8 [-128, 127] (`signed`) or UINT8 [0, 255] at `scale` and `zero_point`, on
+    `device`; with `learn` the scale is a parameter (`.scale`, the zero point stays), trained by
+    torch's LSQ op (the one torch.ao.quantization's _LearnableFakeQuantize runs): straight-through
     gradients for x, LSQ's for the scale."""
     import torch
 
-    class PerTensorInt8(torch.nn.Module):
+    low, high = (-128, 127) if signed else (0, 255)
+
+    class PerTensor(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.scale = torch.nn.Parameter(torch.tensor([scale]), requires_grad=learn)
-            self.register_buffer("zero_point", torch.zeros(1))
+            self.scale = torch.nn.Parameter(torch.tensor([scale], device=device), requires_grad=learn)
+            self.register_buffer("zero_point", torch.tensor([float(zero_point)], device=device))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.scale.requires_grad:
-                return torch._fake_quantize_learnable_per_tensor_affine(x, self.scale, self.zero_point, -128, 127, 1.0)
-            return torch.fake_quantize_per_tensor_affine(x, float(self.scale), 0, -128, 127)
+                return torch._fake_quantize_learnable_per_tensor_affine(x, self.scale, self.zero_point, low, high, 1.0)
+            return torch.fake_quantize_per_tensor_affine(x, float(self.scale), zero_point, low, high)
 
-    return PerTensorInt8()
+    return PerTensor()
 
 
 @dataclass
 class FakeQuant:
-    """What attach put on a model: the hook handles, and each Conv's input quantizer (None: float)."""
+    """What attach put on a model: the hook handles, and each Conv's input quantizer (None: float;
+    the TensorRT layout) or, for attach_qdq, {ONNX tensor: its quantizer}."""
 
     handles: list[Any]
     conv_inputs: list[Any]
+    tensors: dict[str, Any] = field(default_factory=dict)
 
 
 def attach(model: torch.nn.Module, conv_scales: list[float | None], shortcut_scales: list[float | None], *,
@@ -193,6 +196,7 @@ def attach(model: torch.nn.Module, conv_scales: list[float | None], shortcut_sca
 
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    device = next(model.parameters()).device
     if (len(convs), len(blocks)) != (len(conv_scales), len(shortcut_scales)):
         raise RtkError(f"the QDQ model has {len(conv_scales)} Convs and {len(shortcut_scales)} Adds; the "
                        f"checkpoint {len(convs)} and {len(blocks)}: not the same network")
@@ -201,7 +205,7 @@ def attach(model: torch.nn.Module, conv_scales: list[float | None], shortcut_sca
         if scale is None:  # left float
             continue
         parametrize.register_parametrization(conv, "weight", _weight_fake_quant())
-        quantizers[conv] = _activation_fake_quant(scale, learn_scales)
+        quantizers[conv] = _activation_fake_quant(scale, learn_scales, device)
         handles.append(conv.register_forward_pre_hook(_pre_hook(quantizers[conv])))
     for block, scale in zip(blocks, shortcut_scales):
         if scale is None:  # the Add reads the block input in float
@@ -210,7 +214,7 @@ def attach(model: torch.nn.Module, conv_scales: list[float | None], shortcut_sca
         # input (x itself for an identity shortcut), and is quantized again after Slice + Pad
         if block.conv1 in quantizers:
             handles.append(block.shortcut.register_forward_pre_hook(_pre_hook(quantizers[block.conv1])))
-        fake = _activation_fake_quant(scale, learn=False)
+        fake = _activation_fake_quant(scale, False, device)
         handles.append(block.shortcut.register_forward_hook(lambda module, args, out, fake=fake: fake(out)))
     return FakeQuant(handles, [quantizers.get(conv) for conv in convs])
 
@@ -231,72 +235,81 @@ def detach(model: torch.nn.Module, fake: FakeQuant) -> None:
             parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
 
 
-def tune(onnx_path: str | os.PathLike[str], qdq_path: str | os.PathLike[str], images: np.ndarray,
-         normalization: dict[str, Any], *, steps: int, seed: int = 0, log: Log = info) -> dict[str, Any]:
-    """Scales and biases for the TensorRT-flavour QDQ file `qdq_path` of the FP32 `onnx_path` that
-    bring its logits closer to FP32's, the weights left as they are.
+def attach_qdq(model: torch.nn.Module, qdq_path: str | os.PathLike[str], *, learn_scales: bool = False) -> FakeQuant:
+    """The fake quantization of the QDQ file `qdq_path`, of either flavour (its rtk.int8_target), on
+    `model` (folded); FakeQuant.tensors names each activation quantizer by the file's tensor."""
+    from rtk.onnx_meta import read_metadata
 
-    `steps` Adam steps, each on TUNE_BATCH of `images` (uint8 [N, 32, 32, 3], the calibration
-    images) augmented as in training, minimize the mean squared logit error between FP32 and the
-    fake-quantized model, training each quantized Conv input's scale (LSQ, from the calibrated one)
-    and the bias of every Conv and of the FC (the mean error each layer adds, absorbed where it
-    arises). Rounding noise is what INT8 costs here, so the scales trade clipping against it by its
-    effect on the logits instead of by a histogram. Returns {"conv_input_scales": [scale | None per
-    Conv in graph order], "conv_bias_shifts": [[C_out floats] per Conv], "fc_bias_shift": [10
-    floats], "logit_mse": {"calibrated", "tuned"}} (the MSE on `images`, unaugmented).
-    """
-    import copy
+    target = read_metadata(qdq_path).get("int8_target")
+    if target == "cpu":
+        return attach_cpu(model, qdq_path, learn_scales=learn_scales)
+    if target != "tensorrt":
+        raise RtkError(f"{qdq_path} is not an INT8 model rtk quantize wrote (rtk.int8_target {target!r})")
+    fake = attach(model, *qdq_scales(qdq_path), learn_scales=learn_scales)
+    graph = load_onnx(qdq_path).graph
+    producer = {name: node for node in graph.node for name in node.output}
+    sources = [_quantized_tensor(node.input[0], producer) for node in graph.node if node.op_type == "Conv"]
+    fake.tensors = {name: quantizer for name, quantizer in zip(sources, fake.conv_inputs)
+                    if name is not None and quantizer is not None}
+    return fake
 
-    torch = require("torch")
-    teacher = folded_from_onnx(onnx_path)
-    student = copy.deepcopy(teacher)
-    fake = attach(student, *qdq_scales(qdq_path), learn_scales=True)
-    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # uint8 [N, 3, 32, 32]
 
-    def mse() -> float:
-        with torch.no_grad():
-            return float(sum(((student(x) - teacher(x)) ** 2).sum() for x in
-                             (augment.normalize(nchw[i:i + EVAL_BATCH], normalization)
-                              for i in range(0, len(nchw), EVAL_BATCH)))
-                         / (len(nchw) * teacher.num_classes))
+def _quantized_tensor(name: str, producer: dict[str, Any]) -> str | None:
+    """The tensor whose QuantizeLinear -> DequantizeLinear pair writes `name`; None for any other."""
+    dq = producer.get(name)
+    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    return str(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
 
-    scales = [q.scale for q in fake.conv_inputs if q is not None]
-    biases = [bn.bias for _, bn in conv_bn_pairs(student)] + [student.fc.bias]
-    start = [b.detach().clone() for b in biases]
-    for p in student.parameters():
-        p.requires_grad_(False)
-    for b in biases:
-        b.requires_grad_(True)
-    optimizer = torch.optim.Adam([{"params": scales, "lr": TUNE_LR_SCALES}, {"params": biases, "lr": TUNE_LR_BIASES}])
-    peaks = [group["lr"] for group in optimizer.param_groups]
-    calibrated = mse()
-    log(f"tuning {len(scales)} activation scales and the biases on {len(nchw)} calibration images, {steps} "
-        f"steps of {TUNE_BATCH}: logit MSE against FP32 {calibrated:.5f} calibrated")
-    generator = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    for step in range(steps):
-        for group, peak in zip(optimizer.param_groups, peaks):
-            group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / steps))
-        x = augment.normalize(augment.augment(nchw[torch.randint(len(nchw), (TUNE_BATCH,), generator=generator)],
-                                              generator), normalization)
-        with torch.no_grad():
-            target = teacher(x)
-        loss = torch.nn.functional.mse_loss(student(x), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for s in scales:
-                s.clamp_(min=1e-8)  # a scale at or below 0 quantizes nothing
-        if (step + 1) % max(1, steps // 5) == 0 and step + 1 < steps:
-            log(f"  step {step + 1}/{steps}: batch logit MSE {loss.item():.5f} "
-                f"({time.perf_counter() - started:.0f} s)")
-    tuned = mse()
-    log(f"tuned: logit MSE against FP32 {tuned:.5f} on the calibration images ({time.perf_counter() - started:.0f} s)")
-    shifts = [(b.detach() - b0).tolist() for b, b0 in zip(biases, start)]
-    return {"conv_input_scales": [None if q is None else float(q.scale.detach()) for q in fake.conv_inputs],
-            "conv_bias_shifts": shifts[:-1], "fc_bias_shift": shifts[-1],
-            "logit_mse": {"calibrated": calibrated, "tuned": tuned}}
+
+def attach_cpu(model: torch.nn.Module, qdq_path: str | os.PathLike[str], *, learn_scales: bool = False) -> FakeQuant:
+    """The CPU flavour's fake quantization (U8S8) of `qdq_path` on `model` (folded): each tensor the
+    file quantizes, where the ResNet computes it, for all its readers:
+
+        image -> the stem Conv's input             Conv output (+ ReLU) -> its BatchNorm's output
+        residual Add (+ ReLU) -> the block's output   downsampling Pad -> the block's shortcut output
+
+    with the file's scale and zero point (unsigned); the weights of every Conv the file quantizes."""
+    from onnx import numpy_helper
+    from torch.nn.utils import parametrize
+
+    from rtk.model import BasicBlock, ShortcutA
+
+    graph = load_onnx(qdq_path).graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    producer = {name: node for node in graph.node for name in node.output}
+    nodes = {op: [node for node in graph.node if node.op_type == op] for op in ("Conv", "Add", "Pad")}
+    pairs = conv_bn_pairs(model)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    downsampling = [block for block in blocks if isinstance(block.shortcut, ShortcutA)]
+    if [len(pairs), len(blocks), len(downsampling)] != [len(nodes[op]) for op in ("Conv", "Add", "Pad")]:
+        raise RtkError(f"{qdq_path} is not a CPU-flavour file of this ResNet-{len(pairs) + 1} (Conv, Add, Pad counts)")
+    sites: dict[str, tuple[Any, str]] = {
+        graph.input[0].name: (model.conv1, "input"),
+        **{node.output[0]: (bn, "output") for node, (_, bn) in zip(nodes["Conv"], pairs)},
+        **{node.output[0]: (block, "output") for node, block in zip(nodes["Add"], blocks)},
+        **{node.output[0]: (block.shortcut, "output") for node, block in zip(nodes["Pad"], downsampling)}}
+    for node in graph.node:  # a float Conv's ReLU stays a node: its output quantized (zero point 0) is relu(out)
+        if node.op_type == "Relu" and node.input[0] in sites:
+            sites[node.output[0]] = sites[node.input[0]]
+    device = next(model.parameters()).device
+    handles, tensors = [], {}
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in constants:
+            continue
+        if node.input[0] not in sites:
+            raise RtkError(f"{qdq_path} quantizes {node.input[0]}, not a tensor rtk's CPU flavour quantizes")
+        module, side = sites[node.input[0]]
+        zero_point = constants[node.input[2]]
+        fake = tensors[node.input[0]] = _activation_fake_quant(
+            float(constants[node.input[1]].item()), learn_scales, device, int(zero_point.item()),
+            signed=zero_point.dtype == np.int8)
+        handles.append(module.register_forward_pre_hook(_pre_hook(fake)) if side == "input" else
+                       module.register_forward_hook(lambda module, args, out, fake=fake: fake(out)))
+    for (conv, _), node in zip(pairs, nodes["Conv"]):
+        weight = producer.get(node.input[1])
+        if weight is not None and weight.op_type == "DequantizeLinear":
+            parametrize.register_parametrization(conv, "weight", _weight_fake_quant())
+    return FakeQuant(handles, [], tensors)
 
 
 def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) -> float:

@@ -497,30 +497,8 @@ def test_max_validation_drop_leaves_convs_out_only_while_the_budget_needs_it(fp3
             quantized(fp32_onnx, tmp_path / "bad", "cpu", max_validation_drop=budget)
 
 
-def test_a_plain_quantize_of_the_shipped_model_leaves_the_tracked_manifests_as_they_are(tmp_path, cifar_dir,
-                                                                                       monkeypatch):
-    """calib/ describes what rtk writes from it: a stale record there (another sha256 of the INT8 file,
-    fields rtk has since added) made every `rtk bench --precision int8` rewrite it and dirty the checkout."""
-    import shutil
-
-    from conftest import run
-
-    from rtk.names import TUNE_STEPS
-
-    monkeypatch.setattr(quantize, "TUNE_STEPS", TUNE_STEPS)  # the recipe the tracked manifest was tuned with
-    calib = tmp_path / "calib"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "calib", calib)
-    before = {path.name: path.read_bytes() for path in calib.glob("*.json")}
-    monkeypatch.setenv("RTK_DATA_DIR", str(cifar_dir.resolve()))
-    monkeypatch.chdir(tmp_path)  # as in a checkout: the INT8 file records the manifest's path, calib/...
-    result = run("quantize", "--depth", 20, "--no-verify")
-    assert result.exit_code == 0, result.output
-    assert "reusing the calibration in" in result.stderr
-    assert {path.name: path.read_bytes() for path in calib.glob("*.json")} == before
-
-
 # ---------------------------------------------------------------------------------------------
-# The TensorRT flavour's scales and biases tuned against FP32 (rtk.quantize.tuning, rtk.qat.tune)
+# Scales and biases tuned against FP32 (rtk.quantize.tuning, rtk.qat's fake quantization)
 
 
 def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
@@ -575,12 +553,68 @@ def test_tuned_scales_and_biases_bring_the_int8_logits_closer_to_fp32_and_are_re
     assert json.loads(next((tmp_path / "calib").glob("*.json")).read_text())["tuned"]["tensorrt"]["recipe"]["steps"] == 3
 
 
+def test_the_cpu_flavour_tuned_keeps_its_zero_points_and_brings_onnxruntime_closer_to_fp32(fp32_onnx, tmp_path,
+                                                                                          cifar10):
+    """The same tuning on the U8S8 flavour (rtk.qat.attach_cpu): every quantized tensor's scale, zero
+    points as calibrated, the shifted biases quantized to INT32 by quantize_static."""
+    untuned, untuned_model = quantized(fp32_onnx, tmp_path / "untuned", "cpu", num_images=256)
+    tuned, model = quantized(fp32_onnx, tmp_path, "cpu", num_images=256, tune_steps=60)
+    record = json.loads(next((tmp_path / "calib").glob("*.json")).read_text())["tuned"]["cpu"]
+    assert record["logit_mse"]["tuned"] < record["logit_mse"]["calibrated"] and record["device"] == "cpu"
+    before, after = activation_quantization(untuned_model), activation_quantization(model)
+    assert set(record["ranges"]) == set(before) == set(after)  # every activation the file quantizes
+    for tensor, (low, high) in record["ranges"].items():
+        assert after[tensor]["zero_point"] == before[tensor]["zero_point"]
+        assert after[tensor]["scale"] == pytest.approx((high - low) / 255, rel=1e-6)
+    assert any(after[t]["scale"] != pytest.approx(before[t]["scale"], rel=1e-4) for t in after)
+    # the biases: INT32 behind a DequantizeLinear, the FP32 bias plus the shift to within one step
+    producer, _, constants = graph_facts(model)
+    fp32_biases = {node.name: graph_facts(onnx.load(fp32_onnx))[2][node.input[2]]
+                   for node in onnx.load(fp32_onnx).graph.node if node.op_type == "Conv"}
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = producer[node.input[2]]
+        scale = constants[dq.input[1]]
+        bias = constants[dq.input[0]].astype(np.float64) * scale
+        expected = fp32_biases[node.name] + np.asarray(record["bias_shifts"][node.name])
+        assert np.all(np.abs(bias - expected) <= scale / 2 + 1e-7), node.name
+
+    manifest = json.loads(next((tmp_path / "calib").glob("*.json")).read_text())
+    images = normalize_uint8_nhwc(cifar10.train_images[np.asarray(manifest["indices"])],
+                                  read_metadata(fp32_onnx)["normalization"])
+    reference = ort_logits(fp32_onnx, images)
+    errors = {name: float(np.mean((ort_logits(path, images) - reference) ** 2))
+              for name, path in (("untuned", untuned), ("tuned", tuned))}
+    assert errors["tuned"] < errors["untuned"], errors
+    assert errors["tuned"] == pytest.approx(record["logit_mse"]["tuned"], rel=0.1)  # torch simulated the file
+
+
+def test_tuning_runs_on_cuda_when_torch_sees_a_gpu_and_says_how_long_it_will_take(fp32_onnx, tmp_path,
+                                                                                 monkeypatch):
+    """The device is chosen by torch.cuda.is_available() (no GPU here: the choice is what is
+    tested); on the CPU the estimate comes after the first steps, before the rest run."""
+    import torch
+
+    from rtk.quantize import tuning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert tuning.tuning_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tuning.tuning_device() == "cpu"
+    logs: list[str] = []
+    quantized(fp32_onnx, tmp_path, "tensorrt", num_images=256, tune_steps=10, log=logs.append)
+    first = next(i for i, line in enumerate(logs) if line.startswith("tuning will take about"))
+    assert "on cpu" in logs[first] and any(line.startswith("tuning ") and "on cpu" in line for line in logs[:first])
+    assert logs[-1].startswith("quantizing") and any(line.startswith("tuned: ") for line in logs[first:])
+
+
 def test_tuning_is_refused_where_it_does_not_apply(fp32_onnx, tmp_path):
-    with pytest.raises(RtkError, match="for the TensorRT flavour"):
-        quantized(fp32_onnx, tmp_path, "cpu", tune_steps=5)
-    for args in (["--target", "cpu"], ["--fp16"], ["--target", "tensorrt", "--qat-epochs", "1"]):
+    quantized(fp32_onnx, tmp_path, "cpu")  # a manifest of ranges, as QAT hands on
+    with pytest.raises(RtkError, match="starts from calibrated ranges"):
+        quantize.quantize_int8(fp32_onnx, tmp_path / "q.onnx", target="tensorrt", verify=False, tune_steps=5,
+                               ranges_from=next((tmp_path / "calib").glob("*.json")), num_images=CALIB_IMAGES)
+    for args in (["--fp16"], ["--target", "tensorrt", "--qat-epochs", "1"]):
         result = CliRunner().invoke(main, ["quantize", "--onnx", str(fp32_onnx), "--tune-steps", "5", *args])
-        assert result.exit_code == 2 and "--tune-steps tunes the TensorRT flavour" in result.output, result.output
+        assert result.exit_code == 2 and "--tune-steps tunes the INT8 models" in result.output, result.output
 
 
 # ---------------------------------------------------------------------------------------------

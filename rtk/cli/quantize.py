@@ -41,7 +41,8 @@ DEFAULT_DEPTH = 20
 @click.option("--out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="File to write, when exactly one model is asked for.")
 @click.option("--calib-dir", type=OutputPath(file_okay=False, path_type=Path), default=None,
-              help="Calibration manifests [env RTK_CALIB_DIR; default: calib].")
+              help="Calibration manifests: read here, else among those shipped with rtk (the shipped weights'); "
+                   "a new or changed one is written here [env RTK_CALIB_DIR; default: calib].")
 @click.option("--max-drop", "max_drop", type=Finite(min=0), default=None,
               help="Mixed precision: leave the fewest, cheapest Convs float so that INT8 loses at most this many "
                    "points against FP32 on the validation split (chosen there; the test set only reports).")
@@ -86,9 +87,9 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
     if qat_epochs is not None and (precision != "int8" or target != "tensorrt" or method == ALL or max_drop is not None):
         raise click.UsageError("--qat-epochs fine-tunes for the TensorRT flavour: use it with --target tensorrt, "
                                "one --method, --precision int8 and without --max-drop")
-    if tune_steps is not None and (qat_epochs is not None or target == "cpu" or precision == "fp16"):
-        raise click.UsageError("--tune-steps tunes the TensorRT flavour's calibrated scales: not with --qat-epochs "
-                               "(it trains from the calibrated scales), --target cpu or --precision fp16")
+    if tune_steps is not None and (qat_epochs is not None or precision == "fp16"):
+        raise click.UsageError("--tune-steps tunes the INT8 models' calibrated scales: not with --qat-epochs "
+                               "(it trains from the calibrated scales) or --precision fp16")
     if out is not None and len(jobs) > 1:
         raise click.UsageError("--out names one file: choose one --target and --method, or --fp16")
 
@@ -114,8 +115,7 @@ def quantize(depth: int | None, target: str, method: str, precision: str, fp16_o
             else:
                 stage.quantize_int8(source, destination, target=flavour, method=calibration, data_dir=data_dir,
                                     num_images=num_images, seed=seed, calib_dir=calib_dir, verify=verify,
-                                    max_validation_drop=max_drop,
-                                    tune_steps=tune_steps if flavour == "tensorrt" else None)
+                                    max_validation_drop=max_drop, tune_steps=tune_steps)
         except stage.AccuracyDropError as exc:  # the others still run: --method all is for comparing
             rows.append((destination, calibration, exc.figures, str(exc)))
             continue

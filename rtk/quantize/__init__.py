@@ -10,7 +10,7 @@
 This module holds the two stages; its parts:
     calibration.py  the calibrator, its methods and the manifest (reused across targets and reruns)
     qdq.py          the two QDQ flavours and the graph edit the TensorRT one needs
-    tuning.py       the TensorRT flavour's scales and biases tuned against FP32 (rtk.qat.tune)
+    tuning.py       scales and biases tuned against FP32 in torch (rtk.qat's fake quantization)
     mixed_precision.py  the Convs --max-drop leaves float
     validation.py   accuracy against FP32 on the test set, the <model>.json record, the drop limit
     metadata.py     the FP32 source's rtk metadata, checked and carried into every model written
@@ -19,8 +19,9 @@ One calibration, two QDQ flavours (REFERENCE.md section 3). TensorRT wants symme
 point 0) on the inputs of the Convs it runs in INT8; onnxruntime and OpenVINO on x86 are fastest with
 unsigned activations and signed weights (U8S8). Both come from onnxruntime.quantization.quantize_static
 fed with the same per-tensor ranges, so the calibration manifest serves both and a second target (or a
-rerun) does not calibrate again. The TensorRT flavour's scales and biases are then tuned against FP32
-(tuning.py), and the manifest keeps those too.
+rerun) does not calibrate again. The scales and biases are then tuned against FP32 (tuning.py; by
+default the flavours with Flavour.tuned), and the manifest keeps those too. The manifests of the
+weights rtk ships are shipped with it (calibration.readable_manifest), so a run anywhere reuses them.
 
 Every written model is validated with onnxruntime on the CPU against the FP32 model on the 10,000
 test images (accuracy, the difference in points, top-1 agreement). The figures are printed and stored
@@ -49,9 +50,11 @@ from rtk.quantize.calibration import (
     calibration_for,
     calibration_manifest_path,
     check_covers,
+    manifest_named,
     quantization_module,
     quiet,
     read_manifest,
+    readable_manifest,
     tensors_data,
     write_manifest,
 )
@@ -66,7 +69,7 @@ from rtk.quantize.qdq import (
 from rtk.quantize.tuning import TUNE_STEPS, add_bias_shifts, recipe, tuned_for
 from rtk.quantize.validation import AccuracyDropError, validate_into, validation_path
 
-__all__ = ["AccuracyDropError", "convert_fp16", "quantize_int8", "validation_path"]
+__all__ = ["AccuracyDropError", "convert_fp16", "manifest_named", "quantize_int8", "validation_path"]
 FILE_KEYS = ("model", "sha256")  # of a manifest's record of a written model: which file, not what is in it
 
 
@@ -86,9 +89,10 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     rtk.mixed_precision adds the fewest it takes to lose no more than that on the validation split.
     With `ranges_from` (a manifest of another file of this network: the scales a QAT fine-tuning kept)
     nothing is calibrated and no manifest is written; `reference` is the FP32 model validation
-    compares against (default: `onnx_path`). The TensorRT flavour leaves its first Convs float
+    compares against (default: `onnx_path`). A flavour leaves its first Convs float
     (Flavour.leading_float_convs) and tunes its scales and biases against FP32 for `tune_steps`
-    (default TUNE_STEPS; 0: the calibrated ranges as they are; rtk.quantize.tuning).
+    (default TUNE_STEPS where Flavour.tuned, else 0: the calibrated ranges as they are;
+    rtk.quantize.tuning).
     """
     if target not in FLAVOURS:
         raise RtkError(f"unknown INT8 target {target!r}; choose one of {', '.join(FLAVOURS)}")
@@ -123,11 +127,11 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     flavour = FLAVOURS[target]
     leading = convs[:flavour.leading_float_convs]
     exclude = [*leading, *(name for name in exclude if name not in leading)]
-    steps = tune_steps if tune_steps is not None else TUNE_STEPS if target == "tensorrt" and ranges_from is None else 0
-    if steps and (target != "tensorrt" or ranges_from is not None):
-        raise RtkError("tuning the scales and biases is for the TensorRT flavour from calibrated ranges "
-                       "(not the CPU flavour, not QAT's ranges)")
-    calibration = {"manifest": manifest_path.as_posix(), "method": method, "num_images": num_images, "seed": seed}
+    steps = tune_steps if tune_steps is not None else TUNE_STEPS if flavour.tuned and ranges_from is None else 0
+    if steps and ranges_from is not None:
+        raise RtkError("tuning the scales and biases starts from calibrated ranges, not QAT's")
+    # the manifest by name: where it was found (a calib dir, the package) must not change the file's bytes
+    calibration = {"manifest": manifest_path.name, "method": method, "num_images": num_images, "seed": seed}
     selection = None
     if max_validation_drop is not None:
         from rtk.quantize import mixed_precision
@@ -141,7 +145,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
         calibration["mixed_precision"] = selection  # the evidence of the choice travels with the model
     tuned = None
     if steps:
-        tuned = tuned_for(onnx_path, manifest, cifar, meta["normalization"], recipe(steps, seed, exclude),
+        tuned = tuned_for(onnx_path, manifest, cifar, meta["normalization"], target, recipe(steps, seed, exclude),
                           lambda path: _write_int8(onnx_path, path, manifest, method, target, exclude, calibration,
                                                    None), log)
         calibration["tuned"] = tuned["recipe"]
@@ -165,7 +169,8 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     recorded = manifest.setdefault("quantized", {}).get(target, {})
     if {k: v for k, v in recorded.items() if k not in FILE_KEYS} != {k: v for k, v in record.items() if k not in FILE_KEYS}:
         manifest["quantized"][target] = record
-    write_manifest(manifest_path, manifest)
+    # written to the user's calib dir only when it says something new against the one read
+    write_manifest(manifest_path, manifest, readable_manifest(manifest_path))
     return out
 
 
@@ -175,24 +180,30 @@ def _naming(manifest_path: Path) -> Iterator[None]:
     try:
         yield
     except AccuracyDropError as exc:
-        raise AccuracyDropError(f"{exc}; its ranges are those of calibration manifest {manifest_path}, which every "
+        raise AccuracyDropError(f"{exc}; its ranges are those of calibration manifest "
+                                f"{readable_manifest(manifest_path)}, which every "
                                 "rerun reuses: if it was edited, delete it to calibrate again", exc.figures) from exc
 
 
 def _write_int8(onnx_path: Path, out: Path, manifest: Mapping[str, Any], method: str, target: str,
                 exclude: Sequence[str], calibration: Mapping[str, Any], tuned: Mapping[str, Any] | None) -> Any:
     """quantize_static with the manifest's ranges (those `tuned` has replaced) into `out` (the Convs
-    `exclude` float), the tuned bias shifts and rtk metadata; returns the written model."""
+    `exclude` float) from the FP32 model with the tuned bias shifts; rtk metadata; returns the written model."""
     quantization = quantization_module()
     onnx = require("onnx")
     flavour = FLAVOURS[target]
     with tempfile.TemporaryDirectory(prefix="rtk-quantize-") as work:
-        cache = Path(work) / "ranges.json"
+        cache, source = Path(work) / "ranges.json", onnx_path
         ranges = {**manifest["ranges"], **(tuned["ranges"] if tuned else {})}
         quantization.save_tensors_data(tensors_data(quantization, ranges, method), cache)
+        if tuned:  # the biases shifted before quantizing: the CPU flavour's become INT32
+            fp32 = load_onnx(onnx_path)
+            add_bias_shifts(fp32, tuned["bias_shifts"])
+            source = Path(work) / "tuned.onnx"
+            onnx.save(fp32, source)
         with quiet():
             quantization.quantize_static(
-                onnx_path, out, None, quant_format=quantization.QuantFormat.QDQ,
+                source, out, None, quant_format=quantization.QuantFormat.QDQ,
                 op_types_to_quantize=list(flavour.op_types), per_channel=True, reduce_range=False,
                 activation_type=getattr(quantization.QuantType, flavour.activation_type),
                 weight_type=quantization.QuantType.QInt8,
@@ -202,8 +213,6 @@ def _write_int8(onnx_path: Path, out: Path, manifest: Mapping[str, Any], method:
     model = onnx.load(out)
     if flavour.quantized_for_convs_only:
         float_readers(model)
-    if tuned:
-        add_bias_shifts(model, tuned["bias_shifts"])
     set_rtk_metadata(onnx, model, onnx_path, precision="int8", int8_target=target,
                       calibration={**calibration, "float_convs": sorted(exclude)})
     onnx.save(model, out)

@@ -30,7 +30,7 @@ from rtk import data
 from rtk.errors import RtkError, require
 from rtk.fileio import sha256_file, write_text_atomic
 from rtk.log import Log
-from rtk.names import CALIBRATION_METHODS, default_calib_dir
+from rtk.names import CALIBRATION_METHODS, default_calib_dir, shipped_calib_dir
 from rtk.onnx_meta import load_onnx
 from rtk.preprocess import normalize_uint8_nhwc
 from rtk.quantize.metadata import fp32_metadata
@@ -174,8 +174,9 @@ def calibration_chunks(num_images: int, depth: int) -> list[tuple[int, int]]:
 def calibration_manifest_path(calib_dir: str | os.PathLike[str] | None, meta: Mapping[str, Any],
                               method: str, num_images: int, seed: int,
                               onnx_path: str | os.PathLike[str]) -> Path:
-    """calib/resnet<depth>-<checkpoint sha256[:12]>-<method>-n<N>-s<seed>.json (the ONNX file's
-    sha256 stands in for a model without a recorded checkpoint)."""
+    """calib/resnet<depth>-<checkpoint sha256[:12]>-<method>-n<N>-s<seed>.json in `calib_dir` (default:
+    rtk.names.default_calib_dir), where it is written (the ONNX file's sha256 stands in for a model
+    without a recorded checkpoint); readable_manifest says where it is read from."""
     model_id = meta.get("checkpoint_sha256") or sha256_file(onnx_path)
     root = Path(calib_dir) if calib_dir is not None else default_calib_dir()
     return root / f"resnet{meta['depth']}-{model_id[:12]}-{method}-n{num_images}-s{seed}.json"
@@ -183,31 +184,33 @@ def calibration_manifest_path(calib_dir: str | os.PathLike[str] | None, meta: Ma
 
 def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar10, path: Path,
                     method: str, num_images: int, seed: int, log: Log) -> dict[str, Any]:
-    """The manifest at `path` with ranges for this exact FP32 file: reused when it has them,
-    calibrated on its recorded images when the ONNX changed, created when there is none."""
+    """The manifest of `path` with ranges for this exact FP32 file: reused when it has them,
+    calibrated on its recorded images when the ONNX changed, created when there is none. It is read
+    from readable_manifest(path) and written, when it changes, to `path`."""
     onnx_sha = sha256_file(onnx_path)
     checksum = cifar.checksum()
-    if path.is_file():
-        manifest = read_manifest(path)
+    source = readable_manifest(path)  # the user's calib dir's, else the one shipped with rtk
+    if source.is_file():
+        manifest = read_manifest(source)
         expected = {"method": method, "num_images": num_images, "seed": seed}
         found = {key: manifest.get(key) for key in expected}
         if found != expected:
-            raise RtkError(f"calibration manifest {path} records {found}, not {expected}; delete it")
+            raise RtkError(f"calibration manifest {source} records {found}, not {expected}; delete it")
         if manifest["data"]["checksum"] != checksum:
-            raise RtkError(f"calibration manifest {path} was made from other CIFAR-10 data (checksum "
+            raise RtkError(f"calibration manifest {source} was made from other CIFAR-10 data (checksum "
                            f"{manifest['data']['checksum'][:12]}, this copy {checksum[:12]}); "
                            f"delete it to recalibrate")
         indices = np.asarray(manifest["indices"], dtype=np.int64)
         train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
         if len(indices) != num_images or len(np.unique(indices)) != num_images or not np.isin(indices, train_idx).all():
-            raise RtkError(f"calibration manifest {path} lists other images than {num_images} distinct ones of the "
+            raise RtkError(f"calibration manifest {source} lists other images than {num_images} distinct ones of the "
                            f"training split; delete it to recalibrate")
         if (manifest["model"].get("onnx_sha256") == onnx_sha and manifest.get("ranges")
                 and _same_calibrator(manifest.get("calibrator"), _calibrator_record(method))):
-            check_covers(path, manifest, onnx_path)
-            log(f"reusing the calibration in {path} ({method}, {len(indices)} images, seed {seed})")
+            check_covers(source, manifest, onnx_path)
+            log(f"reusing the calibration in {source} ({method}, {len(indices)} images, seed {seed})")
             return manifest
-        log(f"{path} was calibrated from another {onnx_path.name} or by another calibrator: "
+        log(f"{source} was calibrated from another {onnx_path.name} or by another calibrator: "
             f"recalibrating on its {len(indices)} images")
     else:
         train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
@@ -283,16 +286,16 @@ def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
     tuned = manifest.get("tuned", {})
     if not isinstance(tuned, dict) or not isinstance(manifest.get("quantized", {}), dict):
         problems.append("tuned and quantized must be objects")
-    elif isinstance(tuned.get("tensorrt"), dict):
-        record = tuned["tensorrt"]
-        ranges, shifts = record.get("ranges"), record.get("bias_shifts")
-        if not isinstance(ranges, dict) or not isinstance(shifts, dict) or not all(
-                isinstance(v, list) and all(isinstance(x, (int, float)) and np.isfinite(x) for x in v)
-                for v in shifts.values()):
-            problems.append("tuned.tensorrt needs ranges and bias_shifts (lists of finite numbers)")
-        else:
-            problems += [f"tuned: {problem}" for name, value in ranges.items()
-                         if (problem := range_problem(name, value))]
+    else:
+        for target, record in tuned.items():  # each flavour's tuned values (rtk.quantize.tuning)
+            ranges, shifts = (record.get("ranges"), record.get("bias_shifts")) if isinstance(record, dict) else (None, None)
+            if not isinstance(ranges, dict) or not isinstance(shifts, dict) or not all(
+                    isinstance(v, list) and all(isinstance(x, (int, float)) and np.isfinite(x) for x in v)
+                    for v in shifts.values()):
+                problems.append(f"tuned.{target} needs ranges and bias_shifts (lists of finite numbers)")
+            else:
+                problems += [f"tuned.{target}: {problem}" for name, value in ranges.items()
+                             if (problem := range_problem(name, value))]
     return problems
 
 
@@ -337,13 +340,29 @@ MANIFEST_KEYS = ("format", "model", "data", "method", "num_images", "seed", "cal
                  "ranges", "tuned", "quantized", "indices")
 
 
-def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
-    """Write the manifest, unless the file already says exactly this: a reused manifest (tracked in
-    git, in calib/) is left as it is, mode and bytes."""
+def readable_manifest(path: Path) -> Path:
+    """Where the manifest that belongs at `path` (in the user's calib dir) is read from: `path` when
+    it exists, else the manifest of that name shipped with rtk (rtk.names.shipped_calib_dir: those
+    of the shipped weights) when there is one, else `path` (none yet)."""
+    shipped = shipped_calib_dir()
+    if path.is_file() or shipped is None or not (shipped / path.name).is_file():
+        return path
+    return shipped / path.name
+
+
+def manifest_named(name: str, calib_dir: str | os.PathLike[str] | None) -> Path:
+    """Where the manifest an INT8 file names (its rtk.calibration.manifest) is read from."""
+    return readable_manifest((Path(calib_dir) if calib_dir is not None else default_calib_dir()) / name)
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any], source: Path | None = None) -> None:
+    """Write the manifest to `path`, unless the file it was read from (`source`, default `path`)
+    already says exactly this: a reused manifest (tracked in git, shipped in calib/) is left as it
+    is, mode and bytes, and none is copied into the user's calib dir."""
     ordered = {key: manifest[key] for key in MANIFEST_KEYS if key in manifest}
     text = json.dumps(ordered, indent=1) + "\n"
     try:
-        if path.read_text() == text:
+        if (source or path).read_text() == text:
             return
     except OSError:
         pass  # none yet, or unreadable: written

@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, dist_info: Dist, resume: bool, show_progress: bool,
                     if log is not None:
                         log.append(record)
                     if progress is not None:
-                        progress.epoch_done(
+                        progress.note(
                             f"epoch {record['epoch']:g} (step {trainer.step}/{total}): train loss "
                             f"{record['train_loss']:.3f}, train acc {record['train_acc']:.2f}%, val acc "
                             f"{val_acc:.2f}%, {record['images_per_s']:,.0f} img/s")

@@ -11,7 +11,7 @@ from typing import Any
 
 from rtk.errors import RtkError
 from rtk.fileio import atomic_path
-from rtk.log import info
+from rtk.log import Progress, progress
 
 
 class MetricsLog:
@@ -50,46 +50,14 @@ def _record(path: Path, number: int, line: str) -> dict[str, Any]:
     return record
 
 
-class _Progress:
-    """A rich progress bar on a terminal; elsewhere (a log file, CI) one plain line per epoch."""
-
-    def __init__(self, bar: Any = None, task: Any = None):
-        self.bar, self.task = bar, task
-
-    def update(self, done: int, stats: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, stats=stats)
-
-    def epoch_done(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(message)  # above the live bar
-        else:
-            info(message)
-
-
 @contextlib.contextmanager
-def progress_display(is_main: bool, bar_wanted: bool, total: int, start: int) -> Iterator[_Progress | None]:
+def progress_display(is_main: bool, bar_wanted: bool, total: int, start: int) -> Iterator[Progress | None]:
     """None on DDP ranks other than 0 (they print nothing)."""
     if not is_main:
         yield None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    if not (bar_wanted and console.is_terminal):
-        yield _Progress()
-        return
-    with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-        yield _Progress(bar, bar.add_task("train", total=total, completed=start, stats=""))
+    with progress("train", total, start=start, wanted=bar_wanted) as shown:
+        yield shown
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path, depth: int) -> None:
