@@ -8,13 +8,16 @@ rtk.qat's fake quantization, and kept in the calibration manifest beside the ran
          Conv and of the FC, the logit MSE before and after
       -> the shifts added to the FP32 model's biases, then quantize_static with those ranges
 
-Reused while the recipe is the same (the manifest loses it when it is calibrated again), so a
-manifest shipped in calib/ spares every later run the minutes of tuning.
+Reused while the recipe and the calibrated ranges are the same (their digest is kept beside the
+tuned values; the manifest loses them when it is calibrated again), so a manifest shipped in calib/
+spares every later run the minutes of tuning, and ranges edited by hand are tuned again.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -56,6 +59,12 @@ def tuning_device() -> str:
     return "cuda" if require("torch").cuda.is_available() else "cpu"
 
 
+def ranges_digest(ranges: Mapping[str, Any]) -> str:
+    """sha256 of calibrated ranges: tuned values start from them, so ranges edited in a manifest by hand
+    (or recalibrated) are tuned again instead of being replaced by values tuned from others."""
+    return hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()
+
+
 def tuned_for(onnx_path: Path, manifest: dict[str, Any], cifar: data.Cifar10, normalization: Mapping[str, Any],
               target: str, wanted: Mapping[str, Any], write_calibrated: Callable[[Path], Any],
               log: Log) -> dict[str, Any]:
@@ -63,7 +72,8 @@ def tuned_for(onnx_path: Path, manifest: dict[str, Any], cifar: data.Cifar10, no
     `manifest` (the caller writes it) when it has none; `write_calibrated(path)` writes the untuned
     QDQ model and returns it."""
     recorded = manifest.get("tuned", {}).get(target)
-    if isinstance(recorded, dict) and recorded.get("recipe") == wanted:
+    start = ranges_digest(manifest["ranges"])
+    if isinstance(recorded, dict) and recorded.get("recipe") == wanted and recorded.get("from_ranges") == start:
         log(f"reusing the tuned scales and biases in the manifest ({wanted['steps']} steps)")
         return recorded
     with tempfile.TemporaryDirectory(prefix="rtk-tune-") as work:
@@ -76,7 +86,7 @@ def tuned_for(onnx_path: Path, manifest: dict[str, Any], cifar: data.Cifar10, no
     graph = load_onnx(onnx_path).graph  # an rtk ResNet's, which tune has checked
     convs = [node for node in graph.node if node.op_type == "Conv"]
     gemm = next(node for node in graph.node if node.op_type == "Gemm")
-    tuned = {"recipe": dict(wanted),
+    tuned = {"recipe": dict(wanted), "from_ranges": start,
              "ranges": {name: [-SYMMETRIC_LEVELS * scale, SYMMETRIC_LEVELS * scale] if signed else
                         [-zero_points[name] * scale, (UNSIGNED_LEVELS - zero_points[name]) * scale]
                         for name, scale in result["scales"].items()},
