@@ -22,8 +22,8 @@ DEFAULT_DEPTH = 20
 @main.command()
 @depth_option(default=None)
 @click.option("--target", type=click.Choice([*INT8_TARGETS, ALL]), default=ALL, show_default=True,
-              help="INT8 flavour: tensorrt (symmetric, Q/DQ on the Conv inputs, the first two Convs float, scales "
-                   "and biases tuned) or cpu (U8S8, fast with onnxruntime and OpenVINO).")
+              help="INT8 flavour: tensorrt (symmetric, Q/DQ on the Conv inputs, the first two Convs float) or cpu "
+                   "(U8S8, fast with onnxruntime and OpenVINO; the stem float); both with scales and biases tuned.")
 @click.option("--method", type=click.Choice([*CALIBRATION_METHODS, ALL]), default=CALIBRATION_METHODS[0],
               show_default=True,
               help="Calibration method. 'all' writes model.int8.<target>.<method>.onnx for each, to compare "
@@ -51,9 +51,10 @@ DEFAULT_DEPTH = 20
                    "flavour's Q/DQ simulated, from the calibrated scales; writes model.int8.tensorrt.qat.onnx and "
                    "the tuned checkpoint model.int8.tensorrt.qat.pt (the epoch kept is chosen on validation).")
 @click.option("--tune-steps", type=click.IntRange(min=0), default=None,
-              help=f"TensorRT flavour: Adam steps that tune its activation scales and biases (not the weights) "
-                   f"toward FP32's logits on the calibration images; kept in the calibration manifest and reused "
-                   f"[default: {TUNE_STEPS}, about 5 min for ResNet-20 on 2 CPU cores; 0: the calibrated ranges].")
+              help=f"Adam steps that tune each INT8 flavour's activation scales and biases (not the weights) "
+                   f"toward FP32's logits on the calibration images (on CUDA when present); kept in the calibration "
+                   f"manifest and reused (the shipped models' come with rtk) [default: {TUNE_STEPS}, 5 to 45 min a "
+                   f"flavour for ResNet-20 to -56 on 2 CPU cores; 0: the calibrated ranges].")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Validate each model against FP32 on the 10,000 test images (onnxruntime, CPU).")
 @data_dir_option
