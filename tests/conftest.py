@@ -17,6 +17,7 @@ import pickle
 import re
 import struct
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -245,13 +246,16 @@ def bench_run(bench_runs_dir: Path, cifar_dir: Path, tmp_path_factory: pytest.Te
     return {"result": result, "out": out, "json": json.loads((out / "bench.json").read_text())}
 
 
-@pytest.fixture(autouse=True)
-def _short_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The TensorRT flavour's default scale and bias tuning cut to 4 steps: its 600 take minutes a
-    model on 2 cores. The tests of what tuning achieves ask for their own steps."""
+@pytest.fixture(autouse=True, scope="session")
+def _short_tuning() -> Iterator[None]:
+    """The INT8 flavours' default scale and bias tuning cut to 4 steps: their 600 take minutes a
+    model on 2 cores. Session-wide, so that module fixtures that quantize (set up before any
+    function's monkeypatch) are cut too. The tests of what tuning achieves ask for their own steps."""
     import rtk.quantize
 
-    monkeypatch.setattr(rtk.quantize, "TUNE_STEPS", 4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rtk.quantize, "TUNE_STEPS", 4)
+        yield
 
 
 @pytest.fixture(autouse=True)

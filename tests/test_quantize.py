@@ -510,6 +510,19 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})[0]
 
 
+def assert_onnxruntime_confirms_tuning(fp32_onnx: Path, cifar10, manifest: dict, untuned: Path, tuned: Path,
+                                       record: dict, rel: float) -> None:
+    """onnxruntime on the written files: the tuned one closer to FP32 on the calibration images than
+    the untuned one, by what torch's simulation recorded (within `rel`)."""
+    images = normalize_uint8_nhwc(cifar10.train_images[np.asarray(manifest["indices"])],
+                                  read_metadata(fp32_onnx)["normalization"])
+    reference = ort_logits(fp32_onnx, images)
+    errors = {name: float(np.mean((ort_logits(path, images) - reference) ** 2))
+              for name, path in (("untuned", untuned), ("tuned", tuned))}
+    assert errors["tuned"] < errors["untuned"], errors
+    assert errors["tuned"] == pytest.approx(record["logit_mse"]["tuned"], rel=rel)  # torch simulated the file
+
+
 def test_tuned_scales_and_biases_bring_the_int8_logits_closer_to_fp32_and_are_reused(fp32_onnx, tmp_path, cifar10):
     untuned, untuned_model = quantized(fp32_onnx, tmp_path / "untuned", "tensorrt", num_images=256)
     logs: list[str] = []
@@ -521,13 +534,7 @@ def test_tuned_scales_and_biases_bring_the_int8_logits_closer_to_fp32_and_are_re
     assert manifest["quantized"]["tensorrt"]["tuned"]["logit_mse"] == record["logit_mse"]
 
     # onnxruntime on the written file agrees: closer to FP32 on the calibration images than untuned
-    images = normalize_uint8_nhwc(cifar10.train_images[np.asarray(manifest["indices"])],
-                                  read_metadata(fp32_onnx)["normalization"])
-    reference = ort_logits(fp32_onnx, images)
-    errors = {name: float(np.mean((ort_logits(path, images) - reference) ** 2))
-              for name, path in (("untuned", untuned), ("tuned", tuned))}
-    assert errors["tuned"] < errors["untuned"], errors
-    assert errors["tuned"] == pytest.approx(record["logit_mse"]["tuned"], rel=0.05)  # torch simulated the file
+    assert_onnxruntime_confirms_tuning(fp32_onnx, cifar10, manifest, untuned, tuned, record, rel=0.05)
 
     # the file holds the tuned scales and the FP32 biases plus the tuned shifts
     scales = activation_quantization(model)
@@ -584,13 +591,7 @@ def test_the_cpu_flavour_tuned_keeps_its_zero_points_and_brings_onnxruntime_clos
         assert np.all(np.abs(bias - expected) <= scale / 2 + 1e-7), node.name
 
     manifest = json.loads(next((tmp_path / "calib").glob("*.json")).read_text())
-    images = normalize_uint8_nhwc(cifar10.train_images[np.asarray(manifest["indices"])],
-                                  read_metadata(fp32_onnx)["normalization"])
-    reference = ort_logits(fp32_onnx, images)
-    errors = {name: float(np.mean((ort_logits(path, images) - reference) ** 2))
-              for name, path in (("untuned", untuned), ("tuned", tuned))}
-    assert errors["tuned"] < errors["untuned"], errors
-    assert errors["tuned"] == pytest.approx(record["logit_mse"]["tuned"], rel=0.1)  # torch simulated the file
+    assert_onnxruntime_confirms_tuning(fp32_onnx, cifar10, manifest, untuned, tuned, record, rel=0.1)
 
 
 def test_tuning_runs_on_cuda_when_torch_sees_a_gpu_and_says_how_long_it_will_take(fp32_onnx, tmp_path,
