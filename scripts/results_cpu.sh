@@ -16,12 +16,17 @@ cd "$(dirname "$0")/.."
 depth=${DEPTH:-20}
 out=${1:-runs/results-cpu/resnet$depth}
 mkdir -p "$out"
+# The timings of step 3 want an idle machine: the export and quantize steps' own load decays first
+# (the 1-minute load average below 0.8, waited for at most 5 minutes; rtk bench records what it was).
+quiet() { for _ in $(seq 60); do awk '{ exit !($1 < 0.8) }' /proc/loadavg && return; sleep 5; done; }
 rtk export --depth "$depth" --runs-dir "$out/runs" | tee "$out/export.txt"
 if [ "$depth" = 20 ]; then
   rtk quantize --depth 20 --precision all --method all --runs-dir "$out/runs" | tee "$out/quantize.txt" || true
+  quiet
   RTK_RUNS_DIR="$out/runs" scripts/bench_cpu.sh "$out/bench"
 else
   rtk quantize --depth "$depth" --precision all --runs-dir "$out/runs" | tee "$out/quantize.txt"
   { uname -a; lscpu; } >"$out/machine.txt"
+  quiet
   rtk bench --depth "$depth" --precision all --runs-dir "$out/runs" --out "$out/bench"
 fi
