@@ -111,8 +111,9 @@ def test_a_wheel_installed_elsewhere_carries_the_weights_and_manifests_and_write
     """`pip install .` (not editable) into a fresh virtualenv that borrows this one's packages (torch
     is not fetched again), then `rtk quantize` in another folder: the installed manifest is reused."""
     source = tmp_path / "source"  # a copy, so the in-tree build writes nothing into the checkout
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "build", "*.egg-info",
-                                                                   "__pycache__", ".*_cache"))
+    anywhere = shutil.ignore_patterns(".git", ".venv*", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=lambda folder, names: {  # runs/ and build/ at the top only: rtk/build is code
+        *anywhere(folder, names), *({"runs", "build"} & set(names) if Path(folder) == ROOT else set())})
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
