@@ -66,7 +66,7 @@ FLAVOURS: dict[str, Flavour] = {
     # lowered the validation logit MSE by 10-14% at every shipped depth, no other Conv by more than
     # 3%; 0.3-1.1% of the MACs) and the scales and biases are tuned (ResNet-32, validation: MSE 0.0110
     # -> 0.0074 with both; docs/quantization.md, "Deeper ResNets"). The float stem costs onnxruntime
-    # 38% of its INT8 throughput at batch 256 (OpenVINO 4%; scripts/cpu_stem_speed.py), same doc.
+    # 39% of its INT8 throughput at batch 256 (OpenVINO 3%; scripts/cpu_stem_speed.py), same doc.
     "cpu": Flavour(
         activation_type="QUInt8",
         op_types=("Conv", "Add", "Relu"),
