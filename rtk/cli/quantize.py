@@ -23,7 +23,8 @@ DEFAULT_DEPTH = 20
 @depth_option(default=None)
 @click.option("--target", type=click.Choice([*INT8_TARGETS, ALL]), default=ALL, show_default=True,
               help="INT8 flavour: tensorrt (symmetric, Q/DQ on the Conv inputs, the first two Convs float) or cpu "
-                   "(U8S8, fast with onnxruntime and OpenVINO; the stem float); both with scales and biases tuned.")
+                   "(U8S8 for onnxruntime and OpenVINO; the stem float, which costs onnxruntime a third of its speed: "
+                   "docs/quantization.md); both with scales and biases tuned.")
 @click.option("--method", type=click.Choice([*CALIBRATION_METHODS, ALL]), default=CALIBRATION_METHODS[0],
               show_default=True,
               help="Calibration method. 'all' writes model.int8.<target>.<method>.onnx for each, to compare "
