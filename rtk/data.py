@@ -31,6 +31,7 @@ import numpy as np
 
 from rtk.errors import RtkError
 from rtk.fileio import new_folder, owned_temp_dir
+from rtk.limits import TRAIN_IMAGES, VALIDATION_IMAGES
 from rtk.log import Log, info
 from rtk.preprocess import CLASSES
 
@@ -415,7 +416,7 @@ def verify(data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 # Split and calibration sample
 
 
-def split_indices(num_train: int = 50_000, val_size: int = 5_000,
+def split_indices(num_train: int = TRAIN_IMAGES, val_size: int = VALIDATION_IMAGES,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx): disjoint sorted int64 indices into the training set, chosen by a
     permutation from numpy's Generator seeded with `seed` (the paper's 45k/5k by default).

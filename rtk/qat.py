@@ -40,6 +40,7 @@ import numpy as np
 from rtk import augment, data
 from rtk import checkpoint as checkpoints
 from rtk.errors import RtkError, require
+from rtk.limits import VALIDATION_IMAGES
 from rtk.log import Log, info
 from rtk.onnx_meta import load_onnx
 from rtk.stats import accuracy_pct
@@ -327,7 +328,7 @@ def training_split(ckpt: dict[str, Any], data_dir: str | os.PathLike[str] | None
     the split the checkpoint `ckpt` was trained with (rtk train's default where it records none):
     images uint8 [N, 3, 32, 32] tensors, training labels int64, validation labels numpy."""
     torch = require("torch")
-    split = ckpt.get("split") or {"seed": 0, "val_size": 5000}
+    split = ckpt.get("split") or {"seed": 0, "val_size": VALIDATION_IMAGES}
     cifar = data.load_cifar10(data_dir)
     train_idx, val_idx = data.split_indices(len(cifar.train_labels), split["val_size"], split["seed"])
     nchw = torch.from_numpy(np.ascontiguousarray(cifar.train_images.transpose(0, 3, 1, 2)))  # uint8 [50000, 3, 32, 32]

@@ -37,7 +37,7 @@ from rtk.cli.options import BATCH, Finite, OutputPath, data_dir_option, depth_op
               help="paper: lr/10 at 50% and 75% of the run (32k/48k of 64k) [recipe].")
 @click.option("--seed", type=int, default=0, help="Weights, batch order and augmentation.")
 @click.option("--split-seed", type=int, default=0, help="The 45k/5k train/validation split.")
-@click.option("--val-size", type=click.IntRange(0, limits.TRAIN_IMAGES - 1), default=5000,
+@click.option("--val-size", type=click.IntRange(0, limits.TRAIN_IMAGES - 1), default=limits.VALIDATION_IMAGES,
               help="Validation images held out of the 50k; 0 trains on all 50k.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,

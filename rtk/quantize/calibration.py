@@ -29,6 +29,7 @@ import numpy as np
 from rtk import data
 from rtk.errors import RtkError, require
 from rtk.fileio import sha256_file, write_text_atomic
+from rtk.limits import VALIDATION_IMAGES
 from rtk.log import Log
 from rtk.names import CALIBRATION_METHODS, default_calib_dir, shipped_calib_dir
 from rtk.onnx_meta import load_onnx
@@ -47,7 +48,7 @@ CALIB_IMAGES_PER_DEPTH = 2560
 KL_CANDIDATES = 512  # thresholds the entropy search tries per tensor (the |x| histograms have ~2-3k bins)
 # The training/validation split the calibration images are drawn from: rtk train's default
 # (rtk.data.split_indices), so no calibration image is a validation (or test) image.
-SPLIT = {"seed": 0, "val_size": 5000}
+SPLIT = {"seed": 0, "val_size": VALIDATION_IMAGES}
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar1
     onnx_sha = sha256_file(onnx_path)
     checksum = cifar.checksum()
     source = readable_manifest(path)  # the user's calib dir's, else the one shipped with rtk
+    train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
     if source.is_file():
         manifest = read_manifest(source)
         expected = {"method": method, "num_images": num_images, "seed": seed}
@@ -201,7 +203,6 @@ def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar1
                            f"{manifest['data']['checksum'][:12]}, this copy {checksum[:12]}); "
                            f"delete it to recalibrate")
         indices = np.asarray(manifest["indices"], dtype=np.int64)
-        train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
         if len(indices) != num_images or len(np.unique(indices)) != num_images or not np.isin(indices, train_idx).all():
             raise RtkError(f"calibration manifest {source} lists other images than {num_images} distinct ones of the "
                            f"training split; delete it to recalibrate")
@@ -213,7 +214,6 @@ def calibration_for(onnx_path: Path, meta: Mapping[str, Any], cifar: data.Cifar1
         log(f"{source} was calibrated from another {onnx_path.name} or by another calibrator: "
             f"recalibrating on its {len(indices)} images")
     else:
-        train_idx, _ = data.split_indices(len(cifar.train_labels), SPLIT["val_size"], SPLIT["seed"])
         indices = data.calibration_indices(cifar.train_labels, train_idx, num_images, seed)
         manifest = {
             "format": MANIFEST_FORMAT,

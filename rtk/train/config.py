@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtk.errors import RtkError
+from rtk.limits import VALIDATION_IMAGES
 
 SCHEDULES = ("paper", "cosine", "onecycle")
 PAPER_ITERATIONS = 64_000  # the paper stops at 64k iterations of batch 128 (~182 epochs of 45k)
@@ -37,7 +38,7 @@ class TrainConfig:
     schedule: str = "paper"
     seed: int = 0
     split_seed: int = 0
-    val_size: int = 5000
+    val_size: int = VALIDATION_IMAGES
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: str = "off"  # torch.compile mode for training steps: off | default | reduce-overhead | max-autotune
