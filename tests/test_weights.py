@@ -120,7 +120,8 @@ def test_a_wheel_installed_elsewhere_carries_the_weights_and_manifests_and_write
     purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                   check=True, capture_output=True, text=True).stdout.strip())
     (purelib / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", source],
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-cache-dir", "--no-deps", "--no-build-isolation",
+                    "--no-index", source],
                    check=True)
     installed = Path(subprocess.run([python, "-c", "import rtk.names; print(rtk.names.shipped_calib_dir())"],
                                     check=True, capture_output=True, text=True, cwd=tmp_path).stdout.strip())
