@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import pickle
 import re
+import shutil
 import struct
+import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,15 @@ import numpy as np
 import pytest
 
 from rtk import data
+
+# Tests write nothing outside the checkout and temporary folders, rtk processes they start included:
+# matplotlib's font cache (MPLCONFIGDIR, else ~/.cache/matplotlib) and what follows XDG_CACHE_HOME
+# (onnxruntime's device-id database, ~/.cache/Microsoft; rtk's data cache) go to a folder of this
+# session's, removed at exit.
+_HOME_CACHES = tempfile.mkdtemp(prefix="rtk-tests-caches-")
+os.environ["MPLCONFIGDIR"] = os.path.join(_HOME_CACHES, "matplotlib")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_HOME_CACHES, "xdg")
+atexit.register(shutil.rmtree, _HOME_CACHES, True)
 
 FAKE_IMAGES_PER_BATCH = 20  # a multiple of 10, so every class appears equally often
 
