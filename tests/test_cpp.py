@@ -21,6 +21,7 @@ import pytest
 from conftest import import_script, run, write_fake_engine
 
 from rtk.fileio import sha256_file
+from rtk.names import TUNE_STEPS
 from rtk.preprocess import CLASSES, normalization_metadata, normalize_uint8_nhwc
 
 CPP = Path(__file__).resolve().parent.parent / "cpp"
@@ -383,10 +384,11 @@ def shipped_models(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) ->
     root = tmp_path_factory.mktemp("shipped")
     shutil.copytree(CPP.parent / "calib", root / "calib")
     common = ["--runs-dir", root / "runs", "--data-dir", cifar_dir]
-    for command in (["export", "--depth", 20], ["quantize", "--depth", 20, "--target", "cpu",
-                                                "--calib-dir", root / "calib"]):
+    for command in (["export", "--depth", 20], ["quantize", "--depth", 20, "--target", "cpu",  # the shipped recipe:
+                                                "--tune-steps", TUNE_STEPS, "--calib-dir", root / "calib"]):
         result = run(*command, *common)
         assert result.exit_code == 0, result.output
+    assert "reusing the tuned scales and biases in the manifest" in result.stderr  # the shipped file, not re-tuned
     images, labels = load_test_set(cifar_dir)
     models = root / "runs" / "resnet20"
     record = json.loads((models / "model.int8.cpu.onnx.json").read_text())
